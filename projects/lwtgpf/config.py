@@ -1,0 +1,60 @@
+"""Config keys that LWTGPF adds to fast-reid's defaults."""
+from fastreid.config import CfgNode as CN
+
+
+def add_lwtgpf_config(cfg: CN) -> CN:
+    """Add every LWTGPF key to a fast-reid config, in place, and return it."""
+    _C = cfg
+
+    # ---------------- LewinViT backbone ----------------
+    # fast-reid's own keys are reused: SIE_COE (camera-embedding scale), DROP_PATH_RATIO,
+    # PRETRAIN / PRETRAIN_PATH (local weights file).
+    _C.MODEL.BACKBONE.LEWINVIT = CN()
+    _C.MODEL.BACKBONE.LEWINVIT.SIZE = "tiny"  # tiny | small | base (METHOD.md section 1)
+    _C.MODEL.BACKBONE.LEWINVIT.EMBED_DIM = 0  # > 0 overrides the size's stage-1 width
+    _C.MODEL.BACKBONE.LEWINVIT.DEPTHS = []  # non-empty overrides the size's blocks per stage (4 values)
+    _C.MODEL.BACKBONE.LEWINVIT.NUM_HEADS = []  # non-empty overrides the size's heads per stage (4 values)
+    _C.MODEL.BACKBONE.LEWINVIT.PATCH_SIZE = 4  # patch embedding stride
+    _C.MODEL.BACKBONE.LEWINVIT.WINDOW_SIZE = 7  # attention window (tokens per side)
+    _C.MODEL.BACKBONE.LEWINVIT.MLP_RATIO = 4.0  # feed-forward hidden width / block width
+    _C.MODEL.BACKBONE.LEWINVIT.LOCAL_ENHANCE = True  # 3x3 depthwise branch in every feed-forward network
+    _C.MODEL.BACKBONE.LEWINVIT.PRETRAIN_FORMAT = "auto"  # auto | solider | timm
+    _C.MODEL.BACKBONE.NUM_CAMERAS = 0  # SIE camera embeddings (0: no camera embedding)
+    _C.MODEL.BACKBONE.NUM_VIEWS = 0  # SIE view embeddings (0: none)
+
+    # ---------------- Global-part head ----------------
+    _C.MODEL.HEADS.PART_GRANULARITIES = [2, 3]  # horizontal stripes of branch 1, branch 2
+    _C.MODEL.HEADS.GLOBAL_FEAT = "mean"  # mean | b1 | b2: which branch gives the global feature
+    _C.MODEL.HEADS.EVAL_FEAT = "global"  # global | global_parts: retrieval feature at test time
+
+    # ---------------- Camera-aware proxy memory (METHOD.md section 4) ----------------
+    _C.MODEL.MEMORY = CN()
+    _C.MODEL.MEMORY.TEMP = 0.07  # tau
+    _C.MODEL.MEMORY.MOMENTUM = 0.2  # alpha: weight of the old proxy in the update
+    _C.MODEL.MEMORY.NEG_K = 50  # hard negative proxies per sample
+    _C.MODEL.MEMORY.POS_K = 3  # online positives (best proxy of the best cameras)
+    _C.MODEL.MEMORY.BALANCE_W = 0.15  # beta: weight of sample-proxy vs proxy-proxy similarity
+    _C.MODEL.MEMORY.PART_WEIGHT = 0.1  # lambda: weight of the part losses
+
+    # ---------------- Pseudo labels, once per epoch (METHOD.md section 3) ----------------
+    _C.CLUSTER = CN()
+    _C.CLUSTER.EPS = 0.5  # DBSCAN radius on the Jaccard distance
+    _C.CLUSTER.MIN_SAMPLES = 4  # DBSCAN core-point neighbourhood size
+    _C.CLUSTER.K1 = 20  # k-reciprocal neighbourhood
+    _C.CLUSTER.K2 = 6  # query-expansion neighbourhood
+    _C.CLUSTER.KNN = "auto"  # auto | faiss | torch: nearest-neighbour search backend
+
+    # ---------------- Solver / data ----------------
+    _C.SOLVER.ITERS_PER_EPOCH = 200  # iterations per epoch (0: one pass over the training set)
+    _C.SOLVER.WARMUP_EPOCHS = 10  # linear warm-up from SOLVER.WARMUP_FACTOR x BASE_LR, epoch-wise
+    _C.SOLVER.LOG_PERIOD = 20  # iterations between console / metrics.json / TensorBoard writes
+    _C.DATASETS.CUSTOM_DIR = ""  # folder in Market-1501 layout, read by the MarketLayout dataset
+    _C.DATASETS.CUHK03_VARIANT = "labeled"  # labeled | detected (CUHK03NP)
+    _C.DATASETS.SYNTHETIC = CN()
+    _C.DATASETS.SYNTHETIC.NUM_CAMERAS = 6
+    _C.DATASETS.SYNTHETIC.NUM_TRAIN_IDS = 200
+    _C.DATASETS.SYNTHETIC.NUM_TEST_IDS = 100
+    _C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 20  # training images per identity, on average
+    _C.DATASETS.SYNTHETIC.OCCLUDED = False  # put occluders on query images
+    _C.DATASETS.SYNTHETIC.SEED = 0
+    return cfg

@@ -1,0 +1,159 @@
+"""Training hooks: per-epoch clustering, memory update, epoch-wise learning rate, checkpoints."""
+import bisect
+import csv
+import logging
+import os
+from typing import List, Sequence
+
+import numpy as np
+import torch
+from fastreid.engine.train_loop import HookBase
+from fastreid.utils import comm
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..clustering import pseudo_labels
+from ..data.build import Item, build_inference_loader, build_pseudo_label_loader
+
+logger = logging.getLogger("fastreid." + __name__)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class EpochLRScheduler:
+    """Learning rate as a pure function of the epoch (METHOD.md section 5).
+
+    factor(e) = warm-up (linear from `warmup_factor` to 1 over `warmup_epochs`, as in the original
+    code's WarmupMultiStepLR) times gamma ** (number of `steps` <= e). Because it holds no state
+    beyond the base rates, `--resume` needs nothing from it but the epoch.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, steps: Sequence[int], gamma: float,
+                 warmup_factor: float, warmup_epochs: int):
+        self.optimizer = optimizer
+        self.steps = sorted(steps)
+        self.gamma = gamma
+        self.warmup_factor = warmup_factor
+        self.warmup_epochs = warmup_epochs
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+    def factor(self, epoch: int) -> float:
+        warm = 1.0
+        if epoch < self.warmup_epochs:
+            alpha = epoch / self.warmup_epochs
+            warm = self.warmup_factor * (1 - alpha) + alpha
+        return warm * self.gamma ** bisect.bisect_right(self.steps, epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        f = self.factor(epoch)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * f
+
+
+class EpochLRHook(HookBase):
+    """Sets the epoch's learning rate and records it."""
+
+    def __init__(self, scheduler: EpochLRScheduler):
+        self.scheduler = scheduler
+
+    def before_epoch(self):
+        self.scheduler.set_epoch(self.trainer.epoch)
+
+    def after_step(self):
+        self.trainer.storage.put_scalar("lr", self.scheduler.optimizer.param_groups[0]["lr"], smoothing_hint=False)
+
+
+class MemoryUpdateHook(HookBase):
+    """Moves the proxy memory towards the batch features after each optimiser step."""
+
+    def after_step(self):
+        unwrap(self.trainer.model).update_memory()
+
+
+class EpochCheckpointHook(HookBase):
+    """Saves `model_last` every epoch (so `--resume` restarts at the last epoch boundary),
+    `model_XXXX` every `period` epochs and `model_final` at the end."""
+
+    def __init__(self, checkpointer, period: int, max_epoch: int):
+        self.checkpointer = checkpointer
+        self.period = period
+        self.max_epoch = max_epoch
+
+    def after_epoch(self):
+        epoch = self.trainer.epoch
+        if epoch + 1 >= self.max_epoch:
+            name = "model_final"
+        elif self.period > 0 and (epoch + 1) % self.period == 0:
+            name = f"model_{epoch:04d}"
+        else:
+            name = "model_last"
+        self.checkpointer.save(name, epoch=epoch)
+
+
+class ClusterHook(HookBase):
+    """Before every epoch: training-set features -> pseudo labels -> proxies -> memory + loader.
+
+    Features are extracted in eval mode with the test transform and the camera ids. The main
+    process clusters and broadcasts the labels, so every process trains on the same proxies.
+    """
+
+    def __init__(self, cfg, items: List[Item]):
+        self.cfg = cfg
+        self.items = items
+        self.cams = np.asarray([cam for _, _, cam in items], dtype=np.int64)
+        self.gt = np.unique(np.asarray([str(pid) for _, pid, _ in items]), return_inverse=True)[1]
+        self.loader = build_inference_loader(cfg, items)
+
+    @torch.no_grad()
+    def extract(self, model: torch.nn.Module) -> torch.Tensor:
+        """L2-normalised global and part features [1+P, N, D] of every training image, in order."""
+        was_training = model.training
+        model.eval()
+        chunks = []
+        for batch in tqdm(self.loader, desc="Extracting features", disable=not comm.is_main_process(),
+                          leave=False, dynamic_ncols=True):
+            chunks.append(model.extract_features(batch).float().cpu())
+        model.train(was_training)
+        local = torch.cat(chunks, dim=1)
+        if comm.get_world_size() > 1:  # InferenceSampler shards are contiguous, in rank order
+            local = torch.cat(comm.all_gather(local), dim=1)
+        return local
+
+    def before_epoch(self):
+        cfg, epoch = self.cfg.CLUSTER, self.trainer.epoch
+        model = unwrap(self.trainer.model)
+        features = self.extract(model)
+        labels = None
+        if comm.is_main_process():
+            labels = pseudo_labels(features[0], self.cams, eps=cfg.EPS, min_samples=cfg.MIN_SAMPLES,
+                                   k1=cfg.K1, k2=cfg.K2, knn_backend=cfg.KNN)
+        if comm.get_world_size() > 1:
+            labels = comm.all_gather(labels)[0]
+        cluster_labels, proxy_labels = labels
+        model.memory.reset(features.to(model.device), cluster_labels, proxy_labels, self.cams)
+        self.trainer.set_train_loader(build_pseudo_label_loader(self.cfg, self.items, cluster_labels, proxy_labels))
+        if comm.is_main_process():
+            self._report(epoch, cluster_labels, proxy_labels)
+
+    def _report(self, epoch: int, cluster_labels: np.ndarray, proxy_labels: np.ndarray) -> None:
+        outlier = cluster_labels < 0
+        # Outliers count as singletons: pseudo labels that leave images out must not look better.
+        singleton = np.where(outlier, cluster_labels.max() + 1 + np.arange(len(cluster_labels)), cluster_labels)
+        stats = {
+            "cluster/num_clusters": int(cluster_labels.max() + 1),
+            "cluster/num_proxies": int(proxy_labels.max() + 1),
+            "cluster/num_outliers": int(outlier.sum()),
+            "cluster/nmi": float(normalized_mutual_info_score(self.gt, singleton)),
+            "cluster/ari": float(adjusted_rand_score(self.gt, singleton)),
+        }
+        self.trainer.storage.put_scalars(**stats, smoothing_hint=False)
+        logger.info(f"Epoch {epoch}: " + ", ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in stats.items()))
+        out_dir = os.path.join(self.cfg.OUTPUT_DIR, "pseudo_labels")
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"epoch_{epoch:03d}.csv"), "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "camera", "cluster", "proxy"])
+            writer.writerows((path, cam, c, p) for (path, _, cam), c, p in zip(self.items, cluster_labels, proxy_labels))

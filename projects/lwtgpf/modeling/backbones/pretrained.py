@@ -1,0 +1,266 @@
+"""Load Swin weights from a local file into LewinViT, converting SOLIDER's or timm's layout exactly.
+
+Formats (MODEL.BACKBONE.LEWINVIT.PRETRAIN_FORMAT):
+
+* ``timm``: ImageNet Swin in timm's layout (``layers.i.downsample`` at the start of stage i,
+  ``layers.i.blocks.j.attn.qkv`` ...); the original Microsoft layout (merging at the end of stage
+  i-1, same 4C order) and LewinViT's own weights are read as well.
+* ``solider``: SOLIDER's LUPerson Swin (mmcls names: ``patch_embed.projection``,
+  ``stages.i.blocks.j.attn.w_msa.*``, ``ffn.layers.0.0`` / ``ffn.layers.1``,
+  ``stages.i.downsample.*`` at the end of stage i, per-stage output norms ``norm0``..``norm3``).
+  mmcls merges patches with ``nn.Unfold``, channel-major (index c*4 + g') with the 2x2 positions
+  in timm's group order 0, 2, 1, 3; timm concatenates group-major (g*C + c). The merging
+  weights are permuted accordingly.
+* ``auto``: decided by the key names.
+
+The nesting (``teacher`` / ``state_dict`` / ``model``) and the prefixes ``module.`` / ``backbone.``
+are removed first. Relative-position tables are cropped when the model's window fits in the
+file's (the same offsets keep the same bias, exact) and interpolated otherwise; a camera or view
+table of another size is adapted with a warning. Everything is reported through fast-reid's logger.
+"""
+import logging
+import math
+import os
+import re
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from timm.layers import resize_rel_pos_bias_table
+
+logger = logging.getLogger("fastreid." + __name__)
+
+# 4C inputs of patch merging: mmcls position g' holds timm's group MMCLS_GROUP_ORDER[g'] (an involution)
+MMCLS_GROUP_ORDER = (0, 2, 1, 3)
+_BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
+# parameters LewinViT adds to Swin: they start from their own init when a Swin file lacks them
+_NEW_IN_LEWINVIT = re.compile(r"(^cam_embed$|^view_embed$|\.mlp\.local\.)")
+
+
+@dataclass
+class LoadReport:
+    """What `load_pretrained` did: model keys loaded / missing / new, file keys unused (with the reason)."""
+
+    path: str
+    format: str
+    loaded: List[str] = field(default_factory=list)
+    missing: List[str] = field(default_factory=list)
+    new: List[str] = field(default_factory=list)
+    unused: Dict[str, str] = field(default_factory=dict)
+    adapted: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"Loaded {len(self.loaded)} tensors from {self.path} ({self.format} format)."]
+        if self.missing:
+            lines.append(f"Missing from the file, left at their initialisation ({len(self.missing)}): "
+                         + ", ".join(self.missing))
+        if self.new:
+            lines.append(f"LewinViT's own parameters, not in a Swin file, at their initialisation ({len(self.new)}): "
+                         + _compact(self.new))
+        by_reason = defaultdict(list)
+        for key, reason in self.unused.items():
+            by_reason[reason].append(key)
+        for reason, keys in by_reason.items():
+            lines.append(f"Unused file tensors, {reason} ({len(keys)}): " + _compact(keys))
+        lines.extend(self.adapted)
+        return "\n".join(lines)
+
+
+def _compact(keys: List[str], limit: int = 8) -> str:
+    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """Tensors of a .pth/.pt/.bin (torch.load, weights only) or .safetensors file, un-nested, prefixes removed."""
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAIN_PATH {path!r} is not a file; "
+                                "give a local Swin weights file (SOLIDER or timm layout)")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        obj = load_file(path, device="cpu")
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"cannot read pretrained weights {path}: {err}") from err
+    for nest in ("teacher", "state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(nest), Mapping):
+            obj = obj[nest]
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"pretrained weights {path} hold a {type(obj).__name__}, not a dict of tensors")
+    state = {}
+    for key, value in obj.items():
+        if not torch.is_tensor(value):
+            continue
+        for prefix in ("module.", "backbone."):
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        state[key] = value
+    return state
+
+
+def detect_format(state: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """'solider' for mmcls names, 'timm' for timm / Microsoft / LewinViT names, None otherwise."""
+    if any(k.startswith("stages.") or k.startswith("patch_embed.projection.") for k in state):
+        return "solider"
+    if any(k.startswith(("layers.", "last_stage.", "patch_embed.proj.")) for k in state):
+        return "timm"
+    return None
+
+
+def solider_to_timm(state: Mapping[str, torch.Tensor], num_stages: int = 4) -> Tuple[Dict, Dict[str, str]]:
+    """Rename SOLIDER / mmcls Swin tensors to timm's layout. Returns (converted, {unused key: reason})."""
+    out, unused = {}, {}
+    final_norm = f"norm{num_stages - 1}."
+    for key, value in state.items():
+        if key.endswith(_BUFFER_SUFFIXES):
+            unused[key] = "buffers LewinViT recomputes"
+            continue
+        m = re.match(r"stages\.(\d+)\.downsample\.(reduction|norm)\.(weight|bias)$", key)
+        if m:
+            stage, part, kind = int(m.group(1)), m.group(2), m.group(3)
+            out[f"layers.{stage + 1}.downsample.{part}.{kind}"] = mmcls_merge_to_timm(value)
+            continue
+        m = re.match(r"stages\.(\d+)\.blocks\.(\d+)\.(.+)$", key)
+        if m:
+            rest = (m.group(3).replace("attn.w_msa.", "attn.")
+                    .replace("ffn.layers.0.0.", "mlp.fc1.").replace("ffn.layers.1.", "mlp.fc2."))
+            out[f"layers.{m.group(1)}.blocks.{m.group(2)}.{rest}"] = value
+        elif key.startswith("patch_embed."):
+            out[key.replace("patch_embed.projection.", "patch_embed.proj.")] = value
+        elif key.startswith(final_norm):
+            out["norm." + key[len(final_norm):]] = value
+        elif re.match(r"norm\d+\.", key):
+            unused[key] = "SOLIDER's per-stage output norms (only the last stage's is used)"
+        elif key.startswith("semantic_embed"):
+            unused[key] = "SOLIDER's semantic-controller embeddings"
+        elif key.startswith(("head.", "heads.", "classifier.")):
+            unused[key] = "classifier / projection head"
+        else:
+            unused[key] = "no matching tensor in LewinViT"
+    return out, unused
+
+
+def mmcls_merge_to_timm(value: torch.Tensor) -> torch.Tensor:
+    """Reorder the 4C input dim of a patch-merging weight [out, 4C] or norm [4C] from mmcls to timm."""
+    four_c = value.shape[-1]
+    lead = value.shape[:-1]
+    v = value.reshape(*lead, four_c // 4, 4).transpose(-1, -2)  # [..., g', C]
+    return v[..., list(MMCLS_GROUP_ORDER), :].reshape(*lead, four_c)
+
+
+def timm_to_lewinvit(state: Mapping[str, torch.Tensor], num_stages: int = 4) -> Tuple[Dict, Dict[str, str]]:
+    """Rename timm-layout Swin tensors to LewinViT's names. Returns (converted, {unused key: reason})."""
+    last = num_stages - 1
+    # Microsoft's layout merges at the end of stage i, timm's at the start of stage i + 1
+    microsoft = "layers.0.downsample.reduction.weight" in state
+    out, unused = {}, {}
+    for key, value in state.items():
+        if key.endswith(_BUFFER_SUFFIXES):
+            unused[key] = "buffers LewinViT recomputes"
+            continue
+        if microsoft:
+            key = re.sub(r"^layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
+        if key.startswith(f"layers.{last}.downsample."):
+            out["last_downsample." + key[len(f"layers.{last}.downsample."):]] = value
+        elif key.startswith(f"layers.{last}.blocks."):
+            out["last_stage.blocks." + key[len(f"layers.{last}.blocks."):]] = value
+        elif key.startswith("norm."):
+            out["last_stage." + key] = value
+        elif key.startswith("head"):
+            unused[key] = "classifier head"
+        else:
+            out[key] = value
+    return out, unused
+
+
+def adapt_embedding_table(table: torch.Tensor, rows: int, name: str) -> torch.Tensor:
+    """Fit a camera/view embedding table [n, D] to `rows` rows: keep the first rows, fill new ones
+    with the mean of the old (a neutral start), with a warning."""
+    msg = (f"{name}: the checkpoint has {table.shape[0]} rows, the model {rows}; "
+           f"kept {min(rows, table.shape[0])}" + (", new rows set to the mean of the old" if rows > table.shape[0] else ""))
+    warnings.warn(msg)
+    logger.warning(msg)
+    out = table.new_empty(rows, table.shape[1])
+    keep = min(rows, table.shape[0])
+    out[:keep] = table[:keep]
+    if rows > keep:
+        out[keep:] = table.mean(0, keepdim=True)
+    return out
+
+
+def adapt_rel_pos_table(table: torch.Tensor, new_window: Tuple[int, int], new_shape: torch.Size) -> torch.Tensor:
+    """Fit a relative-position bias table [(2a-1)(2b-1), heads] of a square window to `new_window`.
+
+    Cropping the centre is exact when the new window fits in the old one: every offset it can
+    see keeps its bias. A larger window gets timm's interpolation."""
+    old = math.isqrt(table.shape[0])
+    side = (old + 1) // 2
+    if old * old != table.shape[0]:
+        raise ValueError(f"relative-position table of {table.shape[0]} rows is not of a square window")
+    if new_window[0] <= side and new_window[1] <= side:
+        grid = table.reshape(old, old, -1)
+        dh, dw = side - new_window[0], side - new_window[1]
+        return grid[dh:old - dh, dw:old - dw].reshape(new_shape).clone()
+    return resize_rel_pos_bias_table(table, new_window_size=new_window, new_bias_shape=tuple(new_shape))
+
+
+def load_pretrained(model: nn.Module, path: str, fmt: str = "auto") -> LoadReport:
+    """Load a SOLIDER or timm Swin file into a LewinViT, log the report and return it.
+
+    Raises a ValueError naming the file when it fits nothing or a tensor has a shape that cannot
+    be adapted.
+    """
+    fmt = fmt.lower()
+    if fmt not in ("auto", "solider", "timm"):
+        raise ValueError(f"MODEL.BACKBONE.LEWINVIT.PRETRAIN_FORMAT is {fmt!r}; expected auto, solider or timm")
+    state = read_state_dict(path)
+    found = detect_format(state)
+    if fmt == "auto":
+        if found is None:
+            raise ValueError(f"pretrained weights {path} fit no known Swin layout (SOLIDER or timm); "
+                             f"first keys: {list(state)[:5]}")
+        fmt = found
+    report = LoadReport(path=path, format=fmt)
+    if fmt == "solider":
+        state, unused = solider_to_timm(state)
+        report.unused.update(unused)
+    converted, unused = timm_to_lewinvit(state)
+    report.unused.update(unused)
+
+    own = model.state_dict()
+    accepted, mismatched = {}, []
+    for key, value in converted.items():
+        if key not in own:
+            report.unused[key] = "no matching tensor in LewinViT"
+            continue
+        target = own[key]
+        if value.shape != target.shape:
+            if key.endswith("relative_position_bias_table"):
+                attn = model.get_submodule(key.rsplit(".", 1)[0])
+                value = adapt_rel_pos_table(value, attn.window_size, target.shape)
+                report.adapted.append(f"{key}: window resized to {attn.window_size}")
+            elif key in ("cam_embed", "view_embed") and value.dim() == 2 and value.shape[1] == target.shape[1]:
+                value = adapt_embedding_table(value, target.shape[0], f"{key} in {path}")
+                report.adapted.append(f"{key}: {converted[key].shape[0]} -> {target.shape[0]} rows")
+            else:
+                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target.shape)}")
+                continue
+        accepted[key] = value
+    if mismatched:
+        raise ValueError(f"pretrained weights {path} ({fmt} format) do not fit this LewinViT "
+                         f"(check MODEL.BACKBONE.LEWINVIT.SIZE / EMBED_DIM / DEPTHS): " + "; ".join(mismatched[:5]))
+    if not accepted:
+        raise ValueError(f"pretrained weights {path} fit nothing in LewinViT ({fmt} format); "
+                         f"first keys: {list(converted)[:5]}")
+    model.load_state_dict(accepted, strict=False)
+    report.loaded = list(accepted)
+    for key in own:
+        if key not in accepted:
+            (report.new if _NEW_IN_LEWINVIT.search(key) else report.missing).append(key)
+    logger.info(report.summary())
+    return report

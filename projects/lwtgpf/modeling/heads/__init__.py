@@ -1,0 +1,3 @@
+from .global_part import GlobalPartHead, stripe_pool
+
+__all__ = ["GlobalPartHead", "stripe_pool"]

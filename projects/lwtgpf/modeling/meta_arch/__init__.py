@@ -1,0 +1,3 @@
+from .gp_o2cap import GPO2CAP
+
+__all__ = ["GPO2CAP"]

@@ -1,0 +1,28 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="lwtgpf",
+    version="0.1.0",
+    description="LWTGPF: unsupervised person re-identification with a local-enhancing window "
+    "transformer and global-part camera-aware proxies, as a fast-reid extension",
+    license="MIT",
+    python_requires=">=3.10",
+    package_dir={"": "projects"},
+    packages=find_packages("projects"),
+    # fastreid==1.4.0 pins torch 1.13.1; it is installed separately with --no-deps (see Makefile).
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "timm>=1.0",
+        "yacs",
+        "faiss-cpu",
+        "scikit-learn",
+        "scipy",
+        "tensorboard",
+        "opencv-python-headless",
+        "tabulate",
+        "termcolor",
+        "tqdm",
+        "safetensors",
+    ],
+)

@@ -1,0 +1,216 @@
+"""SyntheticReID: determinism, Market-1501 layout, split structure, atomic writes, registry, camera bias."""
+import json
+import re
+import runpy
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import lwtgpf  # noqa: F401  (fastreid compatibility fixes first)
+from fastreid.data.datasets import DATASET_REGISTRY
+from lwtgpf.data import synthetic
+from lwtgpf.data.synthetic import SyntheticReID, generate_synthetic, synthetic_dir_name
+
+TINY = dict(num_cameras=3, num_train_ids=6, num_test_ids=4, images_per_id=4)
+SUBDIRS = ("bounding_box_train", "query", "bounding_box_test")
+NAME = re.compile(r"^(\d{4})_c(\d)_(\d{6})\.jpg$")
+
+
+def _files(folder: Path) -> dict:
+    """Relative path -> bytes of every file of a generated set."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _parse(folder: Path) -> dict:
+    """Split -> list of (pid, camera 1-based, index), parsed the plain way."""
+    out = {}
+    for sub in SUBDIRS:
+        rows = []
+        for p in sorted((folder / sub).iterdir()):
+            m = NAME.match(p.name)
+            assert m, p.name
+            rows.append(tuple(int(g) for g in m.groups()))
+        out[sub] = rows
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return generate_synthetic(tmp_path_factory.mktemp("syn"), **TINY)
+
+
+def test_folder_name_and_marker(tiny):
+    assert tiny.name == "c3_tr6_te4_n4_s0" == synthetic_dir_name(**TINY)
+    assert tiny.parent.name == "SyntheticReID"
+    assert synthetic_dir_name(occluded=True) == "c6_tr200_te100_n20_s0_occ"
+    marker = json.loads((tiny / "synthetic.json").read_text())
+    assert marker["params"] == dict(TINY, occluded=False, seed=0)
+    for sub in SUBDIRS:
+        assert marker["counts"][sub] == len(list((tiny / sub).glob("*.jpg")))
+
+
+def test_deterministic_bytes(tiny, tmp_path):
+    again = generate_synthetic(tmp_path / "a", **TINY)
+    assert _files(again) == _files(tiny)
+    other = _files(generate_synthetic(tmp_path / "b", seed=1, **TINY))
+    ours = _files(tiny)
+    shared = set(other) & set(ours) - {"synthetic.json"}
+    assert shared and all(other[k] != ours[k] for k in shared)
+
+
+def test_layout_names_and_images(tiny):
+    parsed = _parse(tiny)
+    names = [p.name for sub in SUBDIRS for p in (tiny / sub).iterdir()]
+    assert len(names) == len(set(names))
+    for sub, rows in parsed.items():
+        assert rows, sub
+        assert all(1 <= cam <= TINY["num_cameras"] for _, cam, _ in rows)
+    img = cv2.imread(str(next((tiny / "query").iterdir())))
+    assert img.shape == (128, 64, 3)
+
+
+def test_identities_and_cameras(tiny):
+    parsed = _parse(tiny)
+    train_cams, test_cams = defaultdict(set), defaultdict(set)
+    for pid, cam, _ in parsed["bounding_box_train"]:
+        train_cams[pid].add(cam)
+    for pid, cam, _ in parsed["query"] + parsed["bounding_box_test"]:
+        test_cams[pid].add(cam)
+    assert sorted(train_cams) == list(range(1, 7))
+    assert sorted(test_cams) == list(range(7, 11))
+    assert not set(train_cams) & set(test_cams)
+    assert all(len(c) >= 2 for c in train_cams.values())
+    counts = np.bincount([pid for pid, _, _ in parsed["bounding_box_train"]])[1:]
+    assert counts.min() >= 2 and counts.max() <= TINY["images_per_id"] + TINY["images_per_id"] // 4
+
+
+def test_query_gallery_structure(tiny):
+    parsed = _parse(tiny)
+    gallery = defaultdict(list)
+    for pid, cam, _ in parsed["bounding_box_test"]:
+        gallery[pid].append(cam)
+    per_pid_query_cams = defaultdict(list)
+    for pid, cam, _ in parsed["query"]:
+        per_pid_query_cams[pid].append(cam)
+        assert any(c != cam for c in gallery[pid]), "every query needs a cross-camera match"
+    # At most one query per camera per identity.
+    assert all(len(c) == len(set(c)) for c in per_pid_query_cams.values())
+
+
+def test_test_plan_has_same_camera_gallery():
+    same_cam = 0
+    for pid in range(1, 200):
+        query, gallery = synthetic._test_plan(0, pid, 6)
+        assert query and len(query) == len(set(query))
+        assert set(gallery) - set(query), "gallery in another camera"
+        same_cam += bool(set(query) & set(gallery))
+    assert 40 < same_cam < 160  # some identities, not all, so the protocol's filter matters
+
+
+def test_occluded_changes_queries_only(tiny, tmp_path):
+    occ = generate_synthetic(tmp_path, occluded=True, **TINY)
+    assert occ.name.endswith("_occ")
+    plain, covered = _files(tiny), _files(occ)
+    assert set(plain) == set(covered)
+    for key in plain:
+        if key.startswith("query/"):
+            assert plain[key] != covered[key], key
+        elif key != "synthetic.json":
+            assert plain[key] == covered[key], key
+
+
+def test_atomic_generation(tmp_path, monkeypatch):
+    writes = []
+    real = synthetic._write_image
+
+    def failing(path, img):
+        if len(writes) == 10:
+            raise OSError("disk full")
+        writes.append(path)
+        real(path, img)
+
+    monkeypatch.setattr(synthetic, "_write_image", failing)
+    with pytest.raises(OSError, match="disk full"):
+        generate_synthetic(tmp_path, **TINY)
+    assert list((tmp_path / "SyntheticReID").iterdir()) == []  # neither the set nor its temp folder
+    monkeypatch.setattr(synthetic, "_write_image", real)
+    folder = generate_synthetic(tmp_path, **TINY)
+    assert (folder / "synthetic.json").is_file()
+    assert [p.name for p in (tmp_path / "SyntheticReID").iterdir()] == [folder.name]
+
+
+def test_existing_folder_reused_checked_and_overwritten(tmp_path, monkeypatch):
+    folder = generate_synthetic(tmp_path, **TINY)
+    monkeypatch.setattr(synthetic, "_write_set", lambda *a: pytest.fail("must reuse the complete set"))
+    assert generate_synthetic(tmp_path, **TINY) == folder
+    monkeypatch.undo()
+    (folder / "synthetic.json").unlink()
+    with pytest.raises(RuntimeError, match="synthetic.json"):
+        generate_synthetic(tmp_path, **TINY)
+    stale = tmp_path / "SyntheticReID" / f".{folder.name}.tmp999999999"  # a killed run's leftover
+    stale.mkdir()
+    assert generate_synthetic(tmp_path, overwrite=True, **TINY) == folder
+    assert (folder / "synthetic.json").is_file()
+    assert [p.name for p in (tmp_path / "SyntheticReID").iterdir()] == [folder.name]
+
+
+@pytest.mark.parametrize("key,value", [("num_cameras", 1), ("num_cameras", 10), ("images_per_id", 1),
+                                       ("num_train_ids", 0), ("num_test_ids", 9999), ("seed", -1),
+                                       ("occluded", "yes")])
+def test_bad_parameters(tmp_path, key, value):
+    with pytest.raises(ValueError, match=key):
+        generate_synthetic(tmp_path, **dict(TINY, **{key: value}))
+    assert not (tmp_path / "SyntheticReID").exists()
+
+
+def test_registered_and_readable(tiny):
+    kwargs = {f"synthetic_{k}": v for k, v in TINY.items()}
+    data = DATASET_REGISTRY.get("SyntheticReID")(root=str(tiny.parent.parent), some_unknown_key=1, **kwargs)
+    assert isinstance(data, SyntheticReID)
+    parsed = _parse(tiny)
+    expected_train = sorted((str(tiny / "bounding_box_train" / f"{p:04d}_c{c}_{i:06d}.jpg"),
+                             f"synthetic_{p}", f"synthetic_{c - 1}") for p, c, i in parsed["bounding_box_train"])
+    assert sorted(data.train) == expected_train
+    expected_query = sorted((str(tiny / "query" / f"{p:04d}_c{c}_{i:06d}.jpg"), p, c - 1)
+                            for p, c, i in parsed["query"])
+    assert sorted(data.query) == expected_query
+    assert len(data.gallery) == len(parsed["bounding_box_test"])
+    assert all(isinstance(pid, int) and 0 <= cam < 3 for _, pid, cam in data.gallery)
+
+
+def test_generated_on_first_use(tmp_path):
+    data = SyntheticReID(root=str(tmp_path), synthetic_num_cameras=2, synthetic_num_train_ids=2,
+                         synthetic_num_test_ids=1, synthetic_images_per_id=2, synthetic_seed=3)
+    assert (tmp_path / "SyntheticReID" / "c2_tr2_te1_n2_s3" / "synthetic.json").is_file()
+    assert data.get_num_pids(data.train) == 2 and len(data.query) == 1
+
+
+def test_cli(tmp_path, monkeypatch, capsys):
+    script = Path(__file__).resolve().parents[2] / "tools" / "make_synthetic.py"
+    monkeypatch.setattr(sys, "argv", ["make_synthetic.py", "--root", str(tmp_path), "--num-cameras", "2",
+                                      "--num-train-ids", "2", "--num-test-ids", "1", "--images-per-id", "2"])
+    runpy.run_path(str(script), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "c2_tr2_te1_n2_s0" in out and "bounding_box_train" in out
+
+
+def test_camera_bias_and_identity_signal(tmp_path):
+    """Same id looks more alike within a camera than across, yet more alike than other ids across."""
+    folder = generate_synthetic(tmp_path, num_cameras=4, num_train_ids=16, num_test_ids=1, images_per_id=8)
+    paths = sorted((folder / "bounding_box_train").glob("*.jpg"))
+    feats = np.stack([cv2.imread(str(p)).astype(np.float64).ravel() for p in paths])
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    sim = feats @ feats.T
+    pids = np.array([int(p.name[:4]) for p in paths])
+    cams = np.array([int(p.name[6]) for p in paths])
+    same_id, same_cam = pids[:, None] == pids[None], cams[:, None] == cams[None]
+    not_self = ~np.eye(len(paths), dtype=bool)
+    sid_scam = sim[same_id & same_cam & not_self].mean()
+    sid_xcam = sim[same_id & ~same_cam].mean()
+    did_xcam = sim[~same_id & ~same_cam].mean()
+    assert sid_scam > sid_xcam + 0.02
+    assert sid_xcam > did_xcam + 0.01

@@ -1,0 +1,185 @@
+"""Pretrained Swin files (SOLIDER / timm layouts) into LewinViT."""
+import re
+import warnings
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import lwtgpf  # noqa: F401  (fastreid compatibility first)
+from lwtgpf.modeling.backbones.lewinvit import LewinViT
+from lwtgpf.modeling.backbones.pretrained import adapt_rel_pos_table, load_pretrained, mmcls_merge_to_timm
+
+SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2))
+ORDER = (0, 2, 1, 3)  # mmcls position g' holds timm's 2x2 group ORDER[g']
+
+
+def timm_to_mmcls_merge(value: torch.Tensor) -> torch.Tensor:
+    """timm merging input order (g*C + c) -> mmcls (c*4 + g'), written index by index."""
+    four_c = value.shape[-1]
+    c_dim = four_c // 4
+    index = torch.empty(four_c, dtype=torch.long)
+    for c in range(c_dim):
+        for g_mm in range(4):
+            index[c * 4 + g_mm] = ORDER[g_mm] * c_dim + c
+    return value[..., index]
+
+
+def to_solider_layout(swin: nn.Module, num_stages: int = 4) -> dict:
+    """A timm Swin's tensors renamed the way SOLIDER's (mmcls) checkpoints name them."""
+    out = {}
+    for key, value in swin.state_dict().items():
+        new = key
+        m = re.match(r"layers\.(\d+)\.downsample\.(.*)$", key)
+        if m:  # merging moves from the start of stage i to the end of stage i-1
+            new = f"stages.{int(m.group(1)) - 1}.downsample.{m.group(2)}"
+            value = timm_to_mmcls_merge(value)
+        else:
+            new = (new.replace("layers.", "stages.").replace(".attn.", ".attn.w_msa.")
+                   .replace(".mlp.fc1.", ".ffn.layers.0.0.").replace(".mlp.fc2.", ".ffn.layers.1.")
+                   .replace("patch_embed.proj.", "patch_embed.projection."))
+            if new.startswith("norm."):
+                new = f"norm{num_stages - 1}." + new[len("norm."):]
+        out["backbone." + new] = value.clone()
+    for name, buf in swin.named_buffers():
+        if name.endswith("relative_position_index"):
+            out["backbone." + name.replace("layers.", "stages.").replace(".attn.", ".attn.w_msa.")] = buf.clone()
+    out["backbone.norm0.weight"] = torch.ones(16)
+    out["backbone.semantic_embed_w.0.weight"] = torch.randn(32, 2)
+    out["head.last_layer.weight"] = torch.randn(8, 4)
+    return {"teacher": out, "student": {"x": torch.zeros(1)}}
+
+
+def timm_swin(img_size):
+    return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=img_size,
+                             num_classes=0, **SMALL).eval()
+
+
+def test_merge_order_matches_mmcls_unfold():
+    """mmcls merges with nn.Unfold; timm with reshape/permute: converted weights agree."""
+    torch.manual_seed(0)
+    c, b, h, w = 3, 2, 4, 6
+    timm_merge = timm.models.swin_transformer.PatchMerging(c).eval()
+    nn.init.normal_(timm_merge.norm.weight)
+    nn.init.normal_(timm_merge.norm.bias)
+    mm_norm = nn.LayerNorm(4 * c)
+    mm_reduction = nn.Linear(4 * c, 2 * c, bias=False)
+    with torch.no_grad():
+        mm_norm.weight.copy_(timm_to_mmcls_merge(timm_merge.norm.weight))
+        mm_norm.bias.copy_(timm_to_mmcls_merge(timm_merge.norm.bias))
+        mm_reduction.weight.copy_(timm_to_mmcls_merge(timm_merge.reduction.weight))
+        x = torch.randn(b, h, w, c)
+        unfolded = nn.Unfold(kernel_size=2, stride=2)(x.permute(0, 3, 1, 2)).transpose(1, 2)
+        mm_out = mm_reduction(mm_norm(unfolded)).reshape(b, h // 2, w // 2, 2 * c)
+        torch.testing.assert_close(timm_merge(x), mm_out)
+        # and our converter inverts the test's layout rewrite
+        torch.testing.assert_close(mmcls_merge_to_timm(mm_reduction.weight), timm_merge.reduction.weight)
+
+
+@pytest.mark.parametrize("fmt", ["solider", "auto"])
+def test_solider_layout_loads_to_same_features(fmt, tmp_path):
+    torch.manual_seed(0)
+    img_size = (96, 64)
+    swin = timm_swin(img_size)
+    path = tmp_path / "solider_swin.pth"
+    torch.save(to_solider_layout(swin), path)
+    model = LewinViT(img_size, num_cameras=2, **SMALL).eval()
+    report = load_pretrained(model, str(path), fmt)
+    assert report.format == "solider"
+    assert report.missing == []
+    assert set(report.new) == {"cam_embed"} | {k for k in model.state_dict() if ".mlp.local." in k}
+    assert "backbone.norm0.weight" not in report.unused  # prefixes are gone from the report keys
+    assert "norm0.weight" in report.unused and "semantic_embed_w.0.weight" in report.unused
+    assert "head.last_layer.weight" in report.unused
+    assert any(k.endswith("relative_position_index") for k in report.unused)
+    x = torch.randn(2, 3, *img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), swin.forward_features(x).permute(0, 3, 1, 2), atol=2e-5, rtol=1e-5)
+
+
+def test_module_prefix_state_dict_nesting_and_microsoft_layout(tmp_path):
+    torch.manual_seed(0)
+    img_size = (64, 64)
+    swin = timm_swin(img_size)
+    microsoft = {}
+    for key, value in swin.state_dict().items():
+        m = re.match(r"layers\.(\d+)\.downsample\.(.*)$", key)
+        key = f"layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}" if m else key
+        microsoft["module." + key] = value
+    microsoft["module.head.weight"] = torch.zeros(10, 128)
+    path = tmp_path / "ms.pth"
+    torch.save({"state_dict": microsoft}, path)
+    model = LewinViT(img_size, local_enhance=False, **SMALL).eval()
+    report = load_pretrained(model, str(path))
+    assert report.format == "timm" and report.missing == [] and report.new == []
+    assert report.unused == {"head.weight": "classifier head"}
+    x = torch.randn(1, 3, *img_size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), swin.forward_features(x).permute(0, 3, 1, 2), atol=2e-5, rtol=1e-5)
+
+
+def test_file_that_fits_nothing(tmp_path):
+    model = LewinViT((64, 32), **SMALL)
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(10, 64)}, path)
+    with pytest.raises(ValueError, match=r"resnet\.pth.*fit"):
+        load_pretrained(model, str(path))
+    with pytest.raises(ValueError, match=r"resnet\.pth fit nothing"):
+        load_pretrained(model, str(path), "timm")
+    other = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=(64, 32), num_classes=0,
+                              embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2))
+    torch.save(other.state_dict(), tmp_path / "wide.pth")
+    with pytest.raises(ValueError, match=r"wide\.pth.*do not fit.*EMBED_DIM"):
+        load_pretrained(model, str(tmp_path / "wide.pth"))
+    with pytest.raises(FileNotFoundError, match="PRETRAIN_PATH"):
+        load_pretrained(model, str(tmp_path / "missing.pth"))
+
+
+def test_camera_table_of_another_size_is_adapted(tmp_path):
+    torch.manual_seed(0)
+    source = LewinViT((64, 32), num_cameras=6, **SMALL)
+    path = tmp_path / "market_model.pth"
+    torch.save(source.state_dict(), path)
+    for cams in (8, 4):
+        target = LewinViT((64, 32), num_cameras=cams, **SMALL)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = load_pretrained(target, str(path))
+        assert any("cam_embed" in str(w.message) for w in caught)
+        assert report.missing == [] and report.new == [] and "cam_embed" in report.loaded
+        keep = min(cams, 6)
+        torch.testing.assert_close(target.cam_embed[:keep], source.cam_embed[:keep])
+        if cams > 6:
+            torch.testing.assert_close(target.cam_embed[6:], source.cam_embed.mean(0).expand(cams - 6, -1))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # timm's interpolation warns about torch internals
+def test_relative_position_table_crop_is_exact():
+    """A 7x7-window table cropped for a 7x4 window gives every offset the bias it had."""
+    torch.manual_seed(0)
+    heads = 2
+    table = torch.randn(13 * 13, heads)
+    cropped = adapt_rel_pos_table(table, (7, 4), torch.Size((13 * 7, heads)))
+    for dy in range(-6, 7):
+        for dx in range(-3, 4):
+            old = (dy + 6) * 13 + (dx + 6)
+            new = (dy + 6) * 7 + (dx + 3)
+            torch.testing.assert_close(cropped[new], table[old])
+    grown = adapt_rel_pos_table(table, (9, 9), torch.Size((17 * 17, heads)))
+    assert grown.shape == (17 * 17, heads)
+
+
+def test_window7_file_into_clamped_windows_matches_padded_attention(tmp_path):
+    """7x7-window tables load into a model whose last stage (4x2 map) uses 4x2 windows: centre crop."""
+    torch.manual_seed(0)
+    big = timm_swin((224, 224))  # every stage has full 7x7 windows and tables
+    torch.save(big.state_dict(), tmp_path / "w7.pth")
+    model = LewinViT((128, 64), **SMALL)
+    report = load_pretrained(model, str(tmp_path / "w7.pth"))
+    assert report.missing == [] and any("window resized" in a for a in report.adapted)
+    assert model.last_stage.blocks[0].attn.relative_position_bias_table.shape == (7 * 3, 2)
+    # the last stage runs on a 4x2 map: window (4, 2), table of (2*4-1)*(2*2-1) rows = centre crop
+    torch.testing.assert_close(
+        model.last_stage.blocks[0].attn.relative_position_bias_table,
+        big.layers[3].blocks[0].attn.relative_position_bias_table.reshape(13, 13, 2)[3:10, 5:8].reshape(21, 2))

@@ -1,0 +1,161 @@
+"""lwtgpf.clustering against dense NumPy references written from METHOD.md section 3."""
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import DBSCAN
+
+import lwtgpf  # noqa: F401
+from lwtgpf import clustering
+from lwtgpf.clustering import EPS_TOLERANCE, NoClustersError
+
+
+def blobs(n=240, dim=32, ids=12, noise=20, seed=0):
+    """Clusters of points around random directions plus uniform noise points; cameras 0..3."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((ids, dim))
+    x = centers[rng.integers(0, ids, n - noise)] * 1.5 + rng.standard_normal((n - noise, dim))
+    x = np.concatenate([x, rng.standard_normal((noise, dim)) * 2.0]).astype(np.float32)
+    return x, rng.integers(0, 4, n)
+
+
+def dense_neighbours(x):
+    """Neighbour order per METHOD.md: the image itself first, then decreasing cosine (ties by index).
+    Cosines are float64 products of the unit rows rounded to float32, as lwtgpf.clustering defines them."""
+    x = x.astype(np.float64)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32).astype(np.float64)
+    sim = x @ x.T
+    np.fill_diagonal(sim, np.inf)
+    n = len(x)
+    return np.array([np.lexsort((np.arange(n), -sim[i])) for i in range(n)]), x @ x.T
+
+
+def dense_jaccard(x, k1, k2):
+    order, sim = dense_neighbours(x)
+    n = len(x)
+
+    def N(i, m):
+        return list(order[i, :m])
+
+    R = [{j for j in N(i, k1) if i in N(j, k1)} for i in range(n)]
+    h = int(np.round(k1 / 2))
+    H = [{l for l in N(j, h + 1) if j in N(l, h + 1)} for j in range(n)]
+    V = np.zeros((n, n))
+    for i in range(n):
+        expanded = set(R[i])
+        for j in R[i]:
+            if len(H[j] & R[i]) > 2 / 3 * len(H[j]):
+                expanded |= H[j]
+        idx = np.array(sorted(expanded))
+        logits = -(2 - 2 * sim[i, idx])
+        V[i, idx] = np.exp(logits) / np.exp(logits).sum()
+    Vq = np.stack([V[N(i, k2)].mean(0) for i in range(n)])
+    s = np.stack([np.minimum(Vq[i], Vq).sum(1) for i in range(n)])
+    return np.maximum(0.0, 1 - s / (2 - s))
+
+
+@pytest.mark.parametrize("k1,k2,max_distance", [(20, 6, 1.0), (8, 3, 0.6), (5, 1, 0.5)])
+def test_jaccard_matches_dense(k1, k2, max_distance):
+    x, _ = blobs(seed=k1)
+    ref = dense_jaccard(x, k1, k2)
+    graph = clustering.jaccard_distance(torch.from_numpy(x), k1=k1, k2=k2, max_distance=max_distance)
+    assert graph.shape == ref.shape
+    coo = graph.tocoo()
+    stored = np.zeros(ref.shape, dtype=bool)
+    stored[coo.row, coo.col] = True
+    assert stored.sum() == graph.nnz  # no duplicate entries
+    np.testing.assert_allclose(coo.data, ref[coo.row, coo.col], atol=1e-9)
+    # every pair below the threshold is stored, and nothing else (up to rounding at the border)
+    border = np.abs(ref - max_distance) < 1e-9
+    assert np.array_equal(stored[~border], (ref < max_distance)[~border])
+    assert (graph.diagonal() == 0).all() and stored.diagonal().all()
+    assert (ref < max_distance).sum() > len(x) + 50  # the blobs do form neighbourhoods
+
+
+def test_jaccard_on_duplicates_is_exact_and_deterministic():
+    x, _ = blobs(n=120, seed=3)
+    x = np.concatenate([x, x[:30]])  # exact duplicates: ties everywhere in the kNN
+    ref = dense_jaccard(x, 10, 4)
+    graph = clustering.jaccard_distance(x, k1=10, k2=4)
+    coo = graph.tocoo()
+    np.testing.assert_allclose(coo.data, ref[coo.row, coo.col], atol=1e-9)
+    assert graph.nnz == (ref < 1.0).sum()
+    assert (coo.data == 0).sum() >= len(x) + 60  # duplicates sit at distance 0, stored explicitly
+
+
+def test_knn_backends_agree():
+    x, _ = blobs(n=300, dim=48, seed=5)
+    order, _ = dense_neighbours(x)
+    for backend in ("faiss", "torch"):
+        assert np.array_equal(clustering.knn(x, 15, backend=backend), order[:, :15]), backend
+    with pytest.raises(ValueError, match="CLUSTER.KNN"):
+        clustering.knn(x, 5, backend="annoy")
+
+
+@pytest.mark.parametrize("k2", [3, 6, 9])
+def test_exact_ties_at_eps_are_neighbours(k2):
+    # k1 = 1 makes R*(i) = {i} and V the identity, so V'[i] = 1[N(i, k2)] / k2 and
+    # s(i, j) = |N(i, k2) & N(j, k2)| / k2: an overlap of 2 k2 / 3 gives s = 2/3, d = 0.5 = eps exactly.
+    x, cams = blobs(n=200, dim=16, seed=7)
+    nbr = clustering.knn(x, k2)
+    member = np.zeros((len(x), len(x)))
+    member[np.arange(len(x))[:, None], nbr] = 1
+    overlap = member @ member.T
+    tie = 3 * overlap == 2 * k2
+    assert tie.sum() > 0
+    exact = np.where(tie, 0.5, 1 - overlap / (2 * k2 - overlap))  # ties set exactly, free of rounding
+    graph = clustering.jaccard_distance(x, k1=1, k2=k2, max_distance=0.5 + EPS_TOLERANCE)
+    assert graph.nnz == (exact <= 0.5).sum()
+    np.testing.assert_allclose(graph.toarray()[exact <= 0.5], exact[exact <= 0.5], atol=1e-12)
+    labels, _ = clustering.pseudo_labels(x, cams, eps=0.5, min_samples=3, k1=1, k2=k2)
+    expected = DBSCAN(eps=0.5, min_samples=3, metric="precomputed").fit_predict(exact)
+    assert np.array_equal(labels, expected)
+
+
+@pytest.mark.parametrize("eps,min_samples", [(0.5, 4), (0.6, 3), (0.4, 6)])
+def test_pseudo_labels_match_dense_dbscan(eps, min_samples):
+    x, cams = blobs(n=260, seed=11)
+    ref = dense_jaccard(x, 20, 6)
+    expected = DBSCAN(eps=eps + EPS_TOLERANCE, min_samples=min_samples, metric="precomputed").fit_predict(ref)
+    stats = {}
+    labels, proxies = clustering.pseudo_labels(x, cams, eps=eps, min_samples=min_samples, stats=stats)
+    assert labels.dtype == np.int64 and proxies.dtype == np.int64
+    assert np.array_equal(labels, expected)
+    assert np.array_equal(proxies, clustering.camera_proxies(expected, cams))
+    assert stats["num_clusters"] == expected.max() + 1 > 1
+    assert stats["num_outliers"] == (expected < 0).sum()
+    assert stats["num_proxies"] == proxies.max() + 1
+    nearest = np.sort(ref + np.eye(len(x)) * 9, axis=1)[:, 0]
+    assert stats["nn_dist_p50"] == pytest.approx(np.quantile(nearest, 0.5), abs=1e-9)
+
+
+def test_camera_proxies_match_loop():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(-1, 9, 300)
+    cams = rng.integers(1, 7, 300)
+    expected = np.full(300, -1)
+    next_id = 0
+    for c in range(labels.max() + 1):
+        for cam in sorted(set(cams[labels == c])):
+            expected[(labels == c) & (cams == cam)] = next_id
+            next_id += 1
+    assert np.array_equal(clustering.camera_proxies(labels, cams), expected)
+    assert np.array_equal(clustering.camera_proxies(np.full(4, -1), np.arange(4)), np.full(4, -1))
+    with pytest.raises(ValueError, match="same length"):
+        clustering.camera_proxies(labels, cams[:-1])
+
+
+def test_no_cluster_error_reports_distances():
+    x = np.random.default_rng(4).standard_normal((80, 64))
+    with pytest.raises(NoClustersError, match=r"found no cluster.*nearest other sample: p10 .*Suggestion: eps = 0\.\d\d"):
+        clustering.pseudo_labels(x, np.zeros(80), eps=0.01, min_samples=4)
+
+
+def test_bad_input_messages():
+    x, cams = blobs(n=40)
+    with pytest.raises(ValueError, match="CLUSTER.EPS"):
+        clustering.pseudo_labels(x, cams, eps=1.5)
+    with pytest.raises(ValueError, match="40 features but 39 camera ids"):
+        clustering.pseudo_labels(x, cams[:-1])
+    x[3] = 0
+    with pytest.raises(ValueError, match="row 3 is all zeros"):
+        clustering.jaccard_distance(x)
