@@ -8,6 +8,7 @@ import collections
 import collections.abc
 import sys
 import types
+import warnings
 
 import numpy as np
 import torch
@@ -31,3 +32,7 @@ if "torch._six" not in sys.modules:
 # fastreid/evaluation/rank.py: `np.bool` (removed in numpy 1.24, an alias again since 2.0).
 if not hasattr(np, "bool"):
     np.bool = np.bool_
+
+# fastreid/data/transforms/functional.py converts images through TypedStorage, which torch 2.x
+# deprecates with a warning on every image of every loader.
+warnings.filterwarnings("ignore", message="TypedStorage is deprecated", category=UserWarning)
