@@ -29,9 +29,13 @@ class AtomicCheckpointer(Checkpointer):
         path = os.path.join(self.save_dir, "last_checkpoint")
         _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
+    def load(self, path: str, checkpointables=None):
+        if path and not os.path.isfile(path):
+            raise FileNotFoundError(f"Checkpoint {path!r} (MODEL.WEIGHTS, or the file named in "
+                                    f"{self.save_dir or '.'}/last_checkpoint) does not exist")
+        return super().load(path, checkpointables)
+
     def _load_file(self, f: str):
-        if not os.path.isfile(f):
-            raise FileNotFoundError(f"Checkpoint {f!r} (MODEL.WEIGHTS or last_checkpoint) does not exist")
         return torch.load(f, map_location="cpu", weights_only=True)
 
 

@@ -7,6 +7,7 @@ from typing import List, Sequence
 
 import numpy as np
 import torch
+from fastreid.engine.hooks import PeriodicWriter
 from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
@@ -91,6 +92,25 @@ class EpochCheckpointHook(HookBase):
         else:
             name = "model_last"
         self.checkpointer.save(name, epoch=epoch)
+
+
+class MetricsWriter(PeriodicWriter):
+    """fast-reid's PeriodicWriter without losing epoch-level scalars.
+
+    fast-reid's writers skip every scalar whose iteration was already written, and its
+    PeriodicWriter writes at the last step of an epoch: evaluation results and clustering
+    statistics, put after that step, never reached metrics.json or TensorBoard. The trainer
+    files epoch-level scalars under the first iteration of the next epoch; this writer leaves
+    them to the next periodic write, and writes once more before closing at the end.
+    """
+
+    def after_epoch(self):
+        pass
+
+    def after_train(self):
+        for writer in self._writers:
+            writer.write()
+        super().after_train()
 
 
 class ClusterHook(HookBase):

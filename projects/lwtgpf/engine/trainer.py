@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from ..data.build import build_supervised_train_loader, build_test_loader, load_train_items
 from ..evaluation import ReidEvaluator
 from .checkpoint import AtomicCheckpointer
-from .hooks import ClusterHook, EpochCheckpointHook, EpochLRHook, EpochLRScheduler, MemoryUpdateHook
+from .hooks import ClusterHook, EpochCheckpointHook, EpochLRHook, EpochLRScheduler, MemoryUpdateHook, MetricsWriter
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -84,6 +84,14 @@ class Trainer(DefaultTrainer):
         self._trainer.data_loader = loader
         self._trainer._data_loader_iter = iter(loader)
 
+    def before_epoch(self):
+        self.storage.iter = self.iter  # epoch-level scalars go under the epoch's first iteration
+        super().before_epoch()
+
+    def after_epoch(self):
+        self.storage.iter = self.iter  # the next epoch's first iteration (see MetricsWriter)
+        super().after_epoch()
+
     def build_hooks(self):
         cfg = self.cfg
         ret = [hooks.IterationTimer(), EpochLRHook(self.scheduler)]
@@ -97,7 +105,7 @@ class Trainer(DefaultTrainer):
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
         if comm.is_main_process():
             ret.append(EpochCheckpointHook(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_epoch))
-            ret.append(hooks.PeriodicWriter(self.build_writers(), cfg.SOLVER.LOG_PERIOD))
+            ret.append(MetricsWriter(self.build_writers(), cfg.SOLVER.LOG_PERIOD))
         return ret
 
     def build_writers(self):
