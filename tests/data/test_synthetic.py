@@ -203,6 +203,7 @@ def test_camera_bias_and_identity_signal(tmp_path):
     folder = generate_synthetic(tmp_path, num_cameras=4, num_train_ids=16, num_test_ids=1, images_per_id=8)
     paths = sorted((folder / "bounding_box_train").glob("*.jpg"))
     feats = np.stack([cv2.imread(str(p)).astype(np.float64).ravel() for p in paths])
+    feats -= feats.mean(0)  # mean-centred: the shared mid-grey of muted scenery is no similarity
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     sim = feats @ feats.T
     pids = np.array([int(p.name[:4]) for p in paths])
@@ -212,5 +213,5 @@ def test_camera_bias_and_identity_signal(tmp_path):
     sid_scam = sim[same_id & same_cam & not_self].mean()
     sid_xcam = sim[same_id & ~same_cam].mean()
     did_xcam = sim[~same_id & ~same_cam].mean()
-    assert sid_scam > sid_xcam + 0.02
-    assert sid_xcam > did_xcam + 0.01
+    assert sid_scam > sid_xcam + 0.1
+    assert sid_xcam > did_xcam + 0.1
