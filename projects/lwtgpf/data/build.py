@@ -17,11 +17,26 @@ from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
 from torch.utils.data import BatchSampler, DataLoader
 
+from .io import read_image
 from .samplers import ClusterBalancedSampler, ProxyBalancedSampler
 
 logger = logging.getLogger("fastreid." + __name__)
 
 Item = Tuple[str, object, object]  # (image path, identity, camera), fast-reid's convention
+
+
+class ImageDataset(CommDataset):
+    """fast-reid's CommDataset whose unreadable images stop with an error naming the file
+    (inside a loader worker, PIL's "image file is truncated" names none)."""
+
+    def __getitem__(self, index: int) -> dict:
+        path, pid, camid = self.img_items[index]
+        img = read_image(path)
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.relabel:
+            pid, camid = self.pid_dict[pid], self.cam_dict[camid]
+        return {"images": img, "targets": pid, "camids": camid, "img_paths": path}
 
 
 def data_root() -> str:
@@ -90,7 +105,7 @@ def _local_batch(cfg: CfgNode) -> int:
 
 def build_supervised_train_loader(cfg: CfgNode, items: Sequence[Item]) -> DataLoader:
     """Identity-labelled loader for the supervised reference (fast-reid's samplers)."""
-    dataset = CommDataset(list(items), build_transforms(cfg, is_train=True), relabel=True)
+    dataset = ImageDataset(list(items), build_transforms(cfg, is_train=True), relabel=True)
     local_batch = _local_batch(cfg)
     name = cfg.DATALOADER.SAMPLER_TRAIN
     if name == "TrainingSampler":
@@ -111,7 +126,7 @@ def build_pseudo_label_loader(
     """The epoch's loader: non-outlier images with their proxy ids as targets, proxy-balanced."""
     keep = np.flatnonzero(proxy_labels >= 0)
     epoch_items = [(items[i][0], int(proxy_labels[i]), items[i][2]) for i in keep]
-    dataset = CommDataset(epoch_items, build_transforms(cfg, is_train=True), relabel=False)
+    dataset = ImageDataset(epoch_items, build_transforms(cfg, is_train=True), relabel=False)
     name = cfg.DATALOADER.SAMPLER_TRAIN
     if name == "ProxyBalancedSampler":
         sampler = ProxyBalancedSampler(proxy_labels[keep], cfg.SOLVER.IMS_PER_BATCH, cfg.DATALOADER.NUM_INSTANCE)
@@ -127,7 +142,7 @@ def build_pseudo_label_loader(
 
 def build_inference_loader(cfg: CfgNode, items: Sequence[Item]) -> DataLoader:
     """Test-transform loader over `items` in order, sharded across processes."""
-    dataset = CommDataset(list(items), build_transforms(cfg, is_train=False), relabel=False)
+    dataset = ImageDataset(list(items), build_transforms(cfg, is_train=False), relabel=False)
     local = max(cfg.TEST.IMS_PER_BATCH // comm.get_world_size(), 1)
     return _loader(cfg, dataset, BatchSampler(InferenceSampler(len(dataset)), local, drop_last=False))
 

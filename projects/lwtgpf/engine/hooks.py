@@ -3,7 +3,7 @@ import bisect
 import csv
 import logging
 import os
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import numpy as np
 import torch
@@ -146,31 +146,27 @@ class ClusterHook(HookBase):
         cfg, epoch = self.cfg.CLUSTER, self.trainer.epoch
         model = unwrap(self.trainer.model)
         features = self.extract(model)
-        labels = None
+        labels, stats = None, {}
         if comm.is_main_process():
             labels = pseudo_labels(features[0], self.cams, eps=cfg.EPS, min_samples=cfg.MIN_SAMPLES,
-                                   k1=cfg.K1, k2=cfg.K2, knn_backend=cfg.KNN)
+                                   k1=cfg.K1, k2=cfg.K2, knn_backend=cfg.KNN, stats=stats)
         if comm.get_world_size() > 1:
             labels = comm.all_gather(labels)[0]
         cluster_labels, proxy_labels = labels
         model.memory.reset(features.to(model.device), cluster_labels, proxy_labels, self.cams)
         self.trainer.set_train_loader(build_pseudo_label_loader(self.cfg, self.items, cluster_labels, proxy_labels))
         if comm.is_main_process():
-            self._report(epoch, cluster_labels, proxy_labels)
+            self._report(epoch, cluster_labels, proxy_labels, stats)
 
-    def _report(self, epoch: int, cluster_labels: np.ndarray, proxy_labels: np.ndarray) -> None:
-        outlier = cluster_labels < 0
+    def _report(self, epoch: int, cluster_labels: np.ndarray, proxy_labels: np.ndarray,
+                stats: Dict[str, float]) -> None:
         # Outliers count as singletons: pseudo labels that leave images out must not look better.
+        outlier = cluster_labels < 0
         singleton = np.where(outlier, cluster_labels.max() + 1 + np.arange(len(cluster_labels)), cluster_labels)
-        stats = {
-            "cluster/num_clusters": int(cluster_labels.max() + 1),
-            "cluster/num_proxies": int(proxy_labels.max() + 1),
-            "cluster/num_outliers": int(outlier.sum()),
-            "cluster/nmi": float(normalized_mutual_info_score(self.gt, singleton)),
-            "cluster/ari": float(adjusted_rand_score(self.gt, singleton)),
-        }
-        self.trainer.storage.put_scalars(**stats, smoothing_hint=False)
-        logger.info(f"Epoch {epoch}: " + ", ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in stats.items()))
+        stats["nmi"] = float(normalized_mutual_info_score(self.gt, singleton))
+        stats["ari"] = float(adjusted_rand_score(self.gt, singleton))
+        self.trainer.storage.put_scalars(**{f"cluster/{k}": v for k, v in stats.items()}, smoothing_hint=False)
+        logger.info(f"Epoch {epoch} pseudo labels vs ground truth: NMI {stats['nmi']:.4f}, ARI {stats['ari']:.4f}")
         out_dir = os.path.join(self.cfg.OUTPUT_DIR, "pseudo_labels")
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, f"epoch_{epoch:03d}.csv"), "w", newline="") as f:
