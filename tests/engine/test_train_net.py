@@ -80,3 +80,13 @@ def test_eval_only_without_weights_is_a_clear_error(tmp_path):
            str(ROOT / "configs/LWTGPF/synthetic.yml"), "--eval-only", *TINY, "OUTPUT_DIR", str(tmp_path / "o")]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "MODEL.WEIGHTS" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_cpu_processes(tmp_path):
+    # --num-gpus with MODEL.DEVICE cpu: gloo processes, one global batch, one memory.
+    out = tmp_path / "ddp"
+    log = train_net(tmp_path, *TINY, "SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "OUTPUT_DIR", str(out),
+                    flags=["--num-gpus", "2"])
+    assert "World size: 2" in log and "Evaluation results" in log
+    assert (out / "model_final.pth").is_file()
