@@ -46,7 +46,7 @@ _FORMAT_VERSION = 2
 # strongest cue that a randomly initialised network (the CPU demo's) picks up, as pretrained
 # weights would on real data. Measured on the demo config: with full-contrast scenery, an
 # untrained LewinViT had almost no cross-camera same-identity nearest neighbours and 15 epochs
-# of LWTGPF reached 2 mAP; muted by 0.6, 26 mAP; by 0.85, 57 mAP (supervised: 87-88).
+# of LWTGPF reached about 2 mAP; muted by 0.6, 26 mAP; by 0.85, 57 mAP (supervised: 87-88).
 _BACKGROUND_MUTE = 0.85
 _MARKER = "synthetic.json"
 _SUBDIRS = ("bounding_box_train", "query", "bounding_box_test")
