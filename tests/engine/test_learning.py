@@ -29,7 +29,7 @@ def test_unsupervised_training_beats_the_untrained_model(tmp_path, monkeypatch):
 
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "tools/train_net.py"), "--config-file", str(CONFIG),
-           "SOLVER.MAX_EPOCH", "5", "SOLVER.STEPS", "[4]", "TEST.EVAL_PERIOD", "5", "OUTPUT_DIR", str(out)]
+           "SOLVER.MAX_EPOCH", "10", "SOLVER.STEPS", "[8]", "TEST.EVAL_PERIOD", "10", "OUTPUT_DIR", str(out)]
     result = subprocess.run(cmd, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
