@@ -9,6 +9,8 @@
 import lwtgpf  # noqa: F401  (fixes fastreid's imports, registers our modules)
 from fastreid.config import get_cfg
 from fastreid.engine import default_argument_parser, default_setup
+from fastreid.utils import comm
+from fastreid.utils.env import seed_all_rng
 
 from lwtgpf.config import add_lwtgpf_config
 from lwtgpf.engine import Trainer, launch
@@ -27,6 +29,8 @@ def load_config(args):
 def main(args):
     cfg = load_config(args)
     default_setup(cfg, args)
+    if cfg.SEED >= 0:
+        seed_all_rng(cfg.SEED + comm.get_rank())  # ranks differ in augmentation, not in sampling
     if args.eval_only:
         if not cfg.MODEL.WEIGHTS:
             raise ValueError("--eval-only needs a checkpoint: add MODEL.WEIGHTS path/to/model_final.pth")

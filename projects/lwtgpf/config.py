@@ -45,6 +45,7 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.CLUSTER.KNN = "auto"  # auto | faiss | torch: nearest-neighbour search backend
 
     # ---------------- Solver / data ----------------
+    _C.SEED = -1  # seed of python, numpy and torch RNGs (>= 0: reproducible runs; < 0: a fresh one)
     _C.SOLVER.ITERS_PER_EPOCH = 200  # iterations per epoch (0: one pass over the training set)
     _C.SOLVER.WARMUP_EPOCHS = 10  # linear warm-up from SOLVER.WARMUP_FACTOR x BASE_LR, epoch-wise
     _C.SOLVER.LOG_PERIOD = 20  # iterations between console / metrics.json / TensorBoard writes
