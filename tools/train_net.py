@@ -11,6 +11,7 @@ from fastreid.config import get_cfg
 from fastreid.engine import default_argument_parser, default_setup
 from fastreid.utils import comm
 from fastreid.utils.env import seed_all_rng
+from fastreid.utils.logger import setup_logger
 
 from lwtgpf.config import add_lwtgpf_config
 from lwtgpf.engine import Trainer, launch
@@ -29,6 +30,8 @@ def load_config(args):
 def main(args):
     cfg = load_config(args)
     default_setup(cfg, args)
+    # modules logging as `lwtgpf.*` (datasets, synthetic data, evaluator) reach the console and log.txt too
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="lwtgpf", abbrev_name="lwtgpf")
     if cfg.SEED >= 0:
         seed_all_rng(cfg.SEED + comm.get_rank())  # ranks differ in augmentation, not in sampling
     if args.eval_only:

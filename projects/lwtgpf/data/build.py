@@ -3,7 +3,6 @@
 fast-reid's own builders wrap every loader in `DataLoaderX`, which opens a CUDA stream; these
 reuse its datasets, transforms, samplers and collate function and run on CPU-only machines too.
 """
-import logging
 import os
 from typing import Dict, List, Sequence, Tuple
 
@@ -19,8 +18,6 @@ from torch.utils.data import BatchSampler, DataLoader
 
 from .io import read_image
 from .samplers import ClusterBalancedSampler, ProxyBalancedSampler
-
-logger = logging.getLogger("fastreid." + __name__)
 
 Item = Tuple[str, object, object]  # (image path, identity, camera), fast-reid's convention
 
