@@ -74,8 +74,6 @@ class Trainer(DefaultTrainer):
         self.start_epoch = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * iters_per_epoch
-        self.warmup_iters = 0
-        self.delay_epochs = 0
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
