@@ -220,8 +220,6 @@ def transreid_to_vit(state: Mapping[str, torch.Tensor], depth: int) -> Tuple[Dic
     """Rename TransReID / timm ViT tensors to TransReIDViT's. Returns (converted, {unused key: reason})."""
     out, unused = {}, {}
     for key, value in state.items():
-        if key.startswith("base."):  # TransReID / TMGF models hold the backbone as `base`
-            key = key[len("base."):]
         m = re.match(r"blocks\.(\d+)\.(.+)$", key)
         if m and int(m.group(1)) < depth - 1:
             out[key] = value
