@@ -15,7 +15,7 @@ setup(
         "torchvision",
         "timm>=1.0",
         "yacs",
-        "faiss-cpu",
+        "faiss-gpu",
         "scikit-learn",
         "scipy",
         "tensorboard",
