@@ -10,8 +10,8 @@ float64, so two exact backends give the same neighbour lists.
 - ``approx``: an inverted file (Jegou et al., TPAMI 2011): spherical k-means cells, every query
   scans the members of its `nprobe` nearest cells. The scan runs cell by cell as dense
   query-block x cell-block products on the features' device, so on CPU it runs at matrix-product
-  speed; faiss's own IVF scans compare one vector at a time and are limited by memory bandwidth
-  when every row is a query (docs/BENCHMARKS.md).
+  speed (faiss's CPU IVF scan compares a query with one stored vector at a time, reading every
+  probed list once per query, which is slow when every row is a query); it needs no faiss.
 - ``auto``: faiss when it can search on the features' device, else torch.
 
 faiss is reached through `_faiss_flat_search` only: its GPU helpers have broken across releases
