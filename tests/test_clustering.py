@@ -220,3 +220,17 @@ def test_two_processes_give_the_labels_of_one(tmp_path):
         assert expected[0].max() > 3
         for rank in range(2):
             assert np.array_equal(np.load(tmp_path / f"{name}_{rank}.npy"), expected), (name, rank)
+
+
+def test_unit_float32_features_are_not_copied():
+    x, _ = blobs(n=50)
+    unit = torch.from_numpy((x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)).astype(np.float32))
+    assert clustering._normalised(unit).data_ptr() == unit.data_ptr()  # the same memory
+    assert clustering._normalised(unit.numpy()).data_ptr() == unit.data_ptr()
+    other = clustering._normalised(torch.from_numpy(x))
+    assert torch.equal(other, unit) and other.data_ptr() != unit.data_ptr()
+    almost = unit.clone()
+    almost[40] *= 1.01  # one row off: a normalised copy
+    fixed = clustering._normalised(almost)
+    assert fixed.data_ptr() != almost.data_ptr() and torch.allclose(fixed, unit, atol=1e-7)
+    assert torch.equal(fixed[:40], unit[:40]) and torch.equal(almost[:40], unit[:40])

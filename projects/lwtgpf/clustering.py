@@ -87,26 +87,31 @@ def _stage(name: str, values: Dict[str, float]) -> Iterator[None]:
 
 def _normalised(features: ArrayLike) -> torch.Tensor:
     """`features` [N, D] with rows L2-normalised in float64, then stored as float32, on the
-    features' device (CPU for numpy input); converted in blocks, so no float64 copy of the whole.
+    features' device (CPU for numpy input); converted in blocks, so no float64 copy of the whole,
+    and float32 features that already are exactly that are used as they are, without a copy.
 
     Every cosine below is the float64 dot product of these float32 rows (exact products,
     float64 sums), so the result does not depend on the search backend's rounding."""
     x = features.detach() if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"features must be a non-empty [N, D] matrix, got shape {tuple(x.shape)}")
-    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    out = x if x.dtype == torch.float32 else torch.empty(x.shape, dtype=torch.float32, device=x.device)
     step = max(1, (1 << 24) // x.shape[1])
     for start in range(0, x.shape[0], step):
         block = x[start:start + step].to(torch.float64)
-        finite = torch.isfinite(block).all(1)
-        if not finite.all():
+        if not torch.isfinite(block).all():
             bad = torch.nonzero(~torch.isfinite(x).all(1)).flatten()
             raise ValueError(f"features hold NaN or inf in {bad.numel()} rows (first: row {int(bad[0])})")
         norms = block.norm(dim=1, keepdim=True)
         if (norms == 0).any():
             raise ValueError(f"features row {start + int(torch.nonzero(norms[:, 0] == 0)[0])} is all zeros; "
                              "cosine is undefined")
-        out[start:start + step] = block / norms
+        block = (block / norms).to(torch.float32)
+        if out is x and not torch.equal(block, x[start:start + step]):
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+            out[:start] = x[:start]
+        if out is not x:
+            out[start:start + step] = block
     return out
 
 

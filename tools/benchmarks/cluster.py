@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k1", type=int, default=20, help="k-reciprocal neighbourhood")
     parser.add_argument("--k2", type=int, default=6, help="query-expansion neighbourhood")
     parser.add_argument("--knn", default="auto",
-                        help="comma-separated kNN backends (auto, faiss, torch, approx), each run on its own")
+                        help="comma-separated kNN backends (auto, faiss, torch, approx, or approx:NPROBE), "
+                             "each run on its own")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the kNN search runs")
     parser.add_argument("--fp16", action="store_true", help="faiss on a GPU keeps the features in float16")
     parser.add_argument("--nlist", type=int, default=0, help="approx: k-means cells (0: derived from N)")
@@ -64,7 +65,9 @@ def make_features(n: int, dim: int, cameras: int, seed: int):
             0.7 / np.sqrt(dim))
     x[n - noise:] = rng.standard_normal((noise, dim), dtype=np.float32)
     cams = np.concatenate([cams, rng.integers(0, cameras, noise)])
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for start in range(0, n, 4096):  # normalised in float64 as lwtgpf.clustering does, so it needs no copy
+        block = x[start:start + 4096].astype(np.float64)
+        x[start:start + 4096] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return x, cams
 
 
@@ -153,7 +156,8 @@ def _worker(args: argparse.Namespace) -> None:
     if args.worker == "naive":
         labels, proxies = naive_pseudo_labels(x, cams, args.eps, args.min_samples, args.k1, args.k2)
     else:
-        search = KnnSearch(args.worker, fp16=args.fp16, nlist=args.nlist, nprobe=args.nprobe,
+        backend, _, nprobe = args.worker.partition(":")
+        search = KnnSearch(backend, fp16=args.fp16, nlist=args.nlist, nprobe=int(nprobe or args.nprobe),
                            recall_sample=args.recall_sample)
         labels, proxies = pseudo_labels(x, cams, args.eps, args.min_samples, args.k1, args.k2, search, stats)
         stats["describe"] = search.describe(args.n)
