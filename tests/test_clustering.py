@@ -185,11 +185,11 @@ def worker(rank, world, init, out):
     x, cams = np.load(f"{out}/x.npy"), np.load(f"{out}/cams.npy")
     for name, search in SEARCHES.items():
         stats = {}
-        labels = clustering.distributed_pseudo_labels(x, cams, eps=0.6, knn_backend=search, stats=stats)
+        labels = clustering.pseudo_labels(x, cams, eps=0.6, knn_backend=search, stats=stats, distributed=True)
         np.save(f"{out}/{name}_{rank}.npy", np.stack(labels))
         assert bool(stats) == (rank == 0)
     try:  # process 0 fails: every process raises instead of waiting for labels
-        clustering.distributed_pseudo_labels(x, cams, eps=0.01)
+        clustering.pseudo_labels(x, cams, eps=0.01, distributed=True)
     except clustering.NoClustersError:
         assert rank == 0
     except RuntimeError as e:

@@ -27,8 +27,6 @@ __all__ = [
     "jaccard_distance",
     "camera_proxies",
     "pseudo_labels",
-    "labels_from_neighbours",
-    "distributed_pseudo_labels",
 ]
 
 logger = logging.getLogger("fastreid." + __name__)
@@ -167,17 +165,6 @@ def knn(features: ArrayLike, k: int, backend: Union[str, KnnSearch] = "auto") ->
     if k < 1:
         raise ValueError(f"knn needs k >= 1, got {k}")
     return _knn(_normalised(features), k, _search(backend))[0]
-
-
-def _neighbours(x: torch.Tensor, k: int, k1: int, search: KnnSearch, values: Dict[str, float],
-                ) -> Tuple[np.ndarray, np.ndarray]:
-    """`_knn` of every row; for the approx backend also the recall@k1 of a sample against exact search."""
-    with _stage("knn", values):
-        centroids = search.train(x)
-        nbr, nbr_sim = _knn(x, k, search, centroids=centroids)
-    if not search.exact and search.recall_sample:
-        values["knn_recall"] = knn_recall(x, nbr, k1, search, centroids)
-    return nbr, nbr_sim
 
 
 def knn_recall(x: torch.Tensor, nbr: np.ndarray, k1: int, search: KnnSearch,
@@ -371,6 +358,7 @@ def pseudo_labels(
     k2: int = 6,
     knn_backend: Union[str, KnnSearch] = "auto",
     stats: Optional[Dict[str, float]] = None,
+    distributed: bool = False,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Cluster ids and camera-aware proxy ids [N] int64 (-1 for outliers) of `features` [N, D].
 
@@ -380,29 +368,80 @@ def pseudo_labels(
     the device of `features` with `knn_backend`, a backend name or a `lwtgpf.knn.KnnSearch`
     (see `knn`).
 
-    When `stats` is a dict it receives flat float scalars for logging (e.g. to TensorBoard):
-    num_clusters, num_outliers, num_proxies, outlier_ratio, num_pairs (neighbour pairs, self
-    excluded), seconds, and the 10/50/90% quantiles of each point's nearest non-self distance
-    (nn_dist_p10 ...) and of its core distance, the distance to its min_samples-th nearest point
-    counting itself, which must be <= eps for a core point (core_dist_p10 ...); per stage (knn,
-    jaccard, dbscan, proxies) its seconds and peak memory in GB (`<stage>_seconds`,
-    `<stage>_host_gb`, on Linux, and `<stage>_device_gb` of torch's CUDA allocator); with the
-    approx backend knn_recall, the recall@k1 of a sample against exact search. The same line is
-    logged on logger "fastreid.lwtgpf.clustering".
+    `distributed=True` under a process group of several processes makes this a collective call:
+    every process passes the same `features` (on its own device) and `cams`, searches the
+    neighbours of its contiguous share of the rows against all rows (the approx backend's cells
+    are trained on process 0 and broadcast), and only the neighbour lists travel to process 0,
+    which computes the Jaccard graph, DBSCAN and the proxies; the labels are broadcast and equal
+    those of one process. When process 0 fails, the others raise too instead of waiting.
+
+    When `stats` is a dict it receives (on process 0) flat float scalars for logging (e.g. to
+    TensorBoard): num_clusters, num_outliers, num_proxies, outlier_ratio, num_pairs (neighbour
+    pairs, self excluded), seconds, and the 10/50/90% quantiles of each point's nearest non-self
+    distance (nn_dist_p10 ...) and of its core distance, the distance to its min_samples-th
+    nearest point counting itself, which must be <= eps for a core point (core_dist_p10 ...);
+    per stage (knn, jaccard, dbscan, proxies) its seconds and peak memory in GB
+    (`<stage>_seconds`, `<stage>_host_gb`, on Linux, and `<stage>_device_gb` of torch's CUDA
+    allocator); with the approx backend knn_recall, the recall@k1 of a sample against exact
+    search. The same line is logged on logger "fastreid.lwtgpf.clustering".
     """
     _check_clustering(eps, min_samples, k1, k2)
     n = len(features)
     if len(cams) != n:
         raise ValueError(f"got {n} features but {len(cams)} camera ids")
+    shared = distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if shared else (0, 1)
     t0 = time.perf_counter()
     values: Dict[str, float] = {}
+    search = _search(knn_backend)
     x = _normalised(features)
-    nbr, nbr_sim = _neighbours(x, max(k1, k2), k1, _search(knn_backend), values)
-    x = x.cpu().numpy()
-    return labels_from_neighbours(x, nbr, nbr_sim, cams, eps, min_samples, k1, k2, values, t0, stats)
+    k, share = min(max(k1, k2), n), split_rows(n, world)
+    with _stage("knn", values):
+        centroids = search.train(x) if rank == 0 else None
+        if shared and not search.exact:
+            if centroids is None:
+                centroids = x.new_empty((search.cells(n)[0], x.shape[1]))
+            centroids = centroids.to(collective_device(x.device))
+            dist.broadcast(centroids, 0)
+        rows = torch.arange(share[rank].start, share[rank].stop)
+        nbr, nbr_sim = _knn(x, k, search, rows, centroids) if rows.numel() else \
+            (np.zeros((0, k), dtype=np.int64), np.zeros((0, k)))
+        if shared:
+            nbr = all_gather_rows(torch.from_numpy(nbr), len(share[0])).numpy()
+            nbr_sim = all_gather_rows(torch.from_numpy(nbr_sim), len(share[0])).numpy()
+    labels, error = None, None
+    if rank == 0:
+        try:
+            if not search.exact and search.recall_sample:
+                values["knn_recall"] = knn_recall(x, nbr, k1, search, centroids)
+            x = x.cpu().numpy()
+            labels = _labels_from_neighbours(x, nbr, nbr_sim, cams, eps, min_samples, k1, k2, values, t0, stats)
+        except Exception as e:
+            if not shared:
+                raise
+            error = e  # the other processes wait for the labels: tell them first
+    del x, nbr, nbr_sim
+    return _broadcast_labels(labels, n, error) if shared else labels
 
 
-def labels_from_neighbours(
+def _broadcast_labels(labels: Optional[Tuple[np.ndarray, np.ndarray]], n: int,
+                      error: Optional[Exception]) -> Tuple[np.ndarray, np.ndarray]:
+    """Process 0's (cluster, proxy) labels on every process; raises on every process when
+    process 0 had none (`error` there)."""
+    message = torch.full((2, n), _FAILED, dtype=torch.long)
+    if labels is not None:
+        message = torch.from_numpy(np.stack(labels))
+    message = message.to(collective_device(torch.device("cpu")))
+    dist.broadcast(message, 0)
+    if error is not None:
+        raise error
+    message = message.cpu().numpy()
+    if message[0, 0] == _FAILED:
+        raise RuntimeError("process 0 failed to compute the pseudo labels; its log says why")
+    return message[0], message[1]
+
+
+def _labels_from_neighbours(
     x: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, cams: ArrayLike, eps: float, min_samples: int,
     k1: int, k2: int, values: Dict[str, float], start_time: float, stats: Optional[Dict[str, float]] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
@@ -457,66 +496,3 @@ def labels_from_neighbours(
     if stats is not None:
         stats.update(values)
     return labels, proxies
-
-
-def distributed_pseudo_labels(
-    features: ArrayLike,
-    cams: ArrayLike,
-    eps: float = 0.5,
-    min_samples: int = 4,
-    k1: int = 20,
-    k2: int = 6,
-    knn_backend: Union[str, KnnSearch] = "auto",
-    stats: Optional[Dict[str, float]] = None,
-) -> Tuple[np.ndarray, np.ndarray]:
-    """`pseudo_labels` shared by the processes of the default process group: a collective call,
-    every process passes the same `features` [N, D] (on its own device) and `cams`.
-
-    Each process searches the neighbours of its contiguous share of the rows against all rows on
-    the device of `features` (the approx backend's cells are trained once, on process 0, and
-    broadcast); only the neighbour lists travel to process 0, which computes the Jaccard graph,
-    DBSCAN and the proxies; the labels are broadcast. The labels equal those of one process with
-    the same backend. `stats` is filled on process 0 only. Without a process group (or with one
-    process) this is `pseudo_labels`.
-    """
-    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
-        return pseudo_labels(features, cams, eps, min_samples, k1, k2, knn_backend, stats)
-    _check_clustering(eps, min_samples, k1, k2)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    t0 = time.perf_counter()
-    values: Dict[str, float] = {}
-    search = _search(knn_backend)
-    x = _normalised(features)
-    n, k = x.shape[0], min(max(k1, k2), x.shape[0])
-    if len(cams) != n:
-        raise ValueError(f"got {n} features but {len(cams)} camera ids")
-    share = split_rows(n, world)
-    with _stage("knn", values):
-        centroids = None
-        if not search.exact:
-            centroids = search.train(x) if rank == 0 else x.new_empty((search.cells(n)[0], x.shape[1]))
-            centroids = centroids.to(collective_device(x.device))
-            dist.broadcast(centroids, 0)
-        rows = torch.arange(share[rank].start, share[rank].stop)
-        nbr, nbr_sim = _knn(x, k, search, rows, centroids) if rows.numel() else \
-            (np.zeros((0, k), dtype=np.int64), np.zeros((0, k)))
-        nbr = all_gather_rows(torch.from_numpy(nbr), len(share[0])).numpy()
-        nbr_sim = all_gather_rows(torch.from_numpy(nbr_sim), len(share[0])).numpy()
-    labels, error = torch.full((2, n), _FAILED, dtype=torch.long), None
-    if rank == 0:
-        try:
-            if not search.exact and search.recall_sample:
-                values["knn_recall"] = knn_recall(x, nbr, k1, search, centroids)
-            labels = torch.from_numpy(np.stack(labels_from_neighbours(
-                x.cpu().numpy(), nbr, nbr_sim, cams, eps, min_samples, k1, k2, values, t0, stats)))
-        except Exception as e:  # the other processes wait for the labels: tell them, then raise
-            error = e
-    del x, nbr, nbr_sim
-    labels = labels.to(collective_device(torch.device("cpu")))
-    dist.broadcast(labels, 0)
-    if error is not None:
-        raise error
-    labels = labels.cpu().numpy()
-    if labels[0, 0] == _FAILED:
-        raise RuntimeError("process 0 failed to compute the pseudo labels; its log says why")
-    return labels[0], labels[1]

@@ -13,7 +13,7 @@ from fastreid.utils import comm
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.nn.parallel import DistributedDataParallel
 
-from ..clustering import distributed_pseudo_labels
+from ..clustering import pseudo_labels
 from ..data.build import Item, build_inference_loader, build_pseudo_label_loader
 from ..knn import KnnSearch
 from .features import extract_features, reset_memory
@@ -119,7 +119,7 @@ class ClusterHook(HookBase):
 
     Features are extracted in eval mode with the test transform and the camera ids, each process
     its share (`features.extract_features`); the processes share the neighbour search, the main
-    process clusters and broadcasts the labels (`clustering.distributed_pseudo_labels`), so every
+    process clusters and broadcasts the labels (`clustering.pseudo_labels(..., distributed=True)`), so every
     process trains on the same proxies; the memory is built from per-process sums.
     """
 
@@ -135,9 +135,9 @@ class ClusterHook(HookBase):
         model = unwrap(self.trainer.model)
         features = extract_features(model, self.loader, len(self.items), cfg.PART_DTYPE)
         stats = {}
-        cluster_labels, proxy_labels = distributed_pseudo_labels(
+        cluster_labels, proxy_labels = pseudo_labels(
             features.global_all, self.cams, eps=cfg.EPS, min_samples=cfg.MIN_SAMPLES, k1=cfg.K1, k2=cfg.K2,
-            knn_backend=KnnSearch.from_config(cfg), stats=stats)
+            knn_backend=KnnSearch.from_config(cfg), stats=stats, distributed=True)
         reset_memory(model.memory, features, cluster_labels, proxy_labels, self.cams)
         del features
         self.trainer.set_train_loader(build_pseudo_label_loader(self.cfg, self.items, cluster_labels, proxy_labels))
