@@ -41,6 +41,7 @@ EPS_TOLERANCE = 1e-6
 # order does not depend on the backend's float32 rounding.
 _KNN_MARGIN = 10
 _ROW_CHUNK = 1024  # rows per block in the neighbour-list steps
+_RERANK_CHUNK = 1 << 19  # candidate coordinates per block of the float64 re-ranking (4 MB: stays in cache)
 STAGES = ("knn", "jaccard", "dbscan", "proxies")
 _FAILED = -2  # label broadcast by process 0 when it could not compute the labels
 _PAIR_CHUNK = 1 << 15  # feature pairs per block when gathering cosines
@@ -136,8 +137,9 @@ def _knn(x: torch.Tensor, k: int, search: KnnSearch, rows: Optional[torch.Tensor
     cand[missing_self, -1] = rows[missing_self]
     out = torch.empty((rows.numel(), k), dtype=torch.long)
     out_sim = torch.empty((rows.numel(), k), dtype=torch.float64)
-    for start in range(0, rows.numel(), _ROW_CHUNK // 4):
-        block, query = cand[start:start + _ROW_CHUNK // 4], rows[start:start + _ROW_CHUNK // 4]
+    step = max(1, _RERANK_CHUNK // (c * x.shape[1]))
+    for start in range(0, rows.numel(), step):
+        block, query = cand[start:start + step], rows[start:start + step]
         sim = torch.einsum("qd,qcd->qc", x[query].double(), x[block.clamp(min=0)].double())
         sim[block == query[:, None]] = float("inf")
         sim[block < 0] = float("-inf")  # the approx search found fewer rows
@@ -158,17 +160,18 @@ def knn(features: ArrayLike, k: int, backend: Union[str, KnnSearch] = "auto") ->
     The rest follow by decreasing cosine (float64 dot products of the L2-normalised rows rounded
     to float32); exact ties go by ascending index. `backend` (a name or a `KnnSearch`) finds the
     candidates on the device of `features` (see `lwtgpf.knn`): "faiss" (exact; on the GPU with
-    faiss-gpu), "torch" (exact, chunked matmul + top-k), "approx" (inverted file), or "auto"
-    (faiss when it can search there, else torch). The exact backends give the same lists: the top
-    k + 10 candidates of each row are re-ranked exactly, so only near-ties at that depth could differ.
+    faiss-gpu), "torch" (exact, chunked matmul + top-k), "approx" (inverted file, then every row
+    also offered to the rows it lists), or "auto" (faiss when it can search there, else torch).
+    The exact backends give the same lists: the top k + 10 candidates of each row are re-ranked
+    exactly, so only near-ties at that depth could differ.
     """
     if k < 1:
         raise ValueError(f"knn needs k >= 1, got {k}")
-    return _knn(_normalised(features), k, _search(backend))[0]
+    search = _search(backend)
+    return search.complete(*_knn(_normalised(features), k, search))[0]
 
 
-def knn_recall(x: torch.Tensor, nbr: np.ndarray, k1: int, search: KnnSearch,
-               centroids: Optional[torch.Tensor] = None) -> float:
+def knn_recall(x: torch.Tensor, nbr: np.ndarray, k1: int, search: KnnSearch) -> float:
     """Recall@k1 of the neighbour lists `nbr` [N, >= k1] on `search.recall_sample` rows of `x`,
     against exact search (torch on x's device)."""
     sample = sample_rows(x.shape[0], search.recall_sample, search.seed)
@@ -314,7 +317,8 @@ def jaccard_distance(
     """
     _check_k(k1, k2)
     x = _normalised(features)
-    nbr, nbr_sim = _knn(x, max(k1, k2), _search(knn_backend))
+    search = _search(knn_backend)
+    nbr, nbr_sim = search.complete(*_knn(x, max(k1, k2), search))
     return _jaccard_graph(x.cpu().numpy(), nbr, nbr_sim, k1, k2, max_distance)[0]
 
 
@@ -409,11 +413,13 @@ def pseudo_labels(
         if shared:
             nbr = all_gather_rows(torch.from_numpy(nbr), len(share[0])).numpy()
             nbr_sim = all_gather_rows(torch.from_numpy(nbr_sim), len(share[0])).numpy()
+        if rank == 0:
+            nbr, nbr_sim = search.complete(nbr, nbr_sim)
     labels, error = None, None
     if rank == 0:
         try:
             if not search.exact and search.recall_sample:
-                values["knn_recall"] = knn_recall(x, nbr, k1, search, centroids)
+                values["knn_recall"] = knn_recall(x, nbr, k1, search)
             x = x.cpu().numpy()
             labels = _labels_from_neighbours(x, nbr, nbr_sim, cams, eps, min_samples, k1, k2, values, t0, stats)
         except Exception as e:
