@@ -58,4 +58,11 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 20  # training images per identity, on average
     _C.DATASETS.SYNTHETIC.OCCLUDED = False  # put occluders on query images
     _C.DATASETS.SYNTHETIC.SEED = 0
+
+    # ---------------- Reliability: loading, resume, input checks ----------------
+    _C.MODEL.WEIGHTS_PARTIAL = False  # True: a checkpoint that does not fit loads what fits, with a warning (default: stop)
+    _C.SOLVER.CHECKPOINT_ITERS = 0  # also save model_last every N iterations inside epochs (0: at epoch ends only)
+    _C.DATALOADER.CHECK_IMAGES = True  # open every image header of every split before training
+    _C.DATALOADER.SKIP_UNREADABLE = False  # True: leave unreadable images out with a warning (default: stop)
+    _C.CLUSTER.MAX_CLUSTER_FRACTION = 0.5  # warn when one cluster holds more than this fraction of the samples
     return cfg
