@@ -8,7 +8,9 @@ from typing import List, Mapping, Optional, Tuple
 import torch
 from fastreid.utils.checkpoint import Checkpointer
 
+from ..modeling.backbones.lewinvit import LewinViT
 from ..modeling.backbones.pretrained import adapt_embedding_table
+from ..modeling.original import convert_original, original_state_dict
 
 __all__ = ["AtomicCheckpointer", "CheckpointError", "remove_orphan_temporaries"]
 
@@ -35,7 +37,8 @@ class AtomicCheckpointer(Checkpointer):
     tensor of the same shape and every file tensor must be used, except camera / view embedding
     tables, which are adapted to the model's row count with a warning; otherwise loading stops
     with a `CheckpointError` naming the file and the keys, unless `partial` is True (config key
-    MODEL.WEIGHTS_PARTIAL), which loads what fits and warns with the same list.
+    MODEL.WEIGHTS_PARTIAL), which loads what fits and warns with the same list. A checkpoint
+    written by the original LWTGPF code is converted on load (`lwtgpf.modeling.original`).
     """
 
     def __init__(self, model: torch.nn.Module, save_dir: str = "", *, save_to_disk: bool = True,
@@ -52,12 +55,12 @@ class AtomicCheckpointer(Checkpointer):
         data.update(kwargs)
         path = os.path.join(self.save_dir, f"{name}.pth")
         self.logger.info(f"Saving checkpoint to {path}")
-        _atomic_write(path, lambda f: torch.save(data, f))
+        atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(os.path.basename(path))
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
     def load(self, path: str, checkpointables: Optional[List[str]] = None) -> dict:
         """Load `path` into the model (and the named checkpointables); return the file's other entries."""
@@ -69,6 +72,7 @@ class AtomicCheckpointer(Checkpointer):
                                     f"{self.save_dir or '.'}/last_checkpoint) does not exist")
         self.logger.info(f"Loading checkpoint from {path}")
         checkpoint = self._load_file(path)
+        checkpoint = self._convert_original(checkpoint, path)
         checkpoint = _as_checkpoint(checkpoint, path)
         self._load_model(checkpoint, path)
         for key in self.checkpointables if checkpointables is None else checkpointables:
@@ -93,6 +97,18 @@ class AtomicCheckpointer(Checkpointer):
         except Exception as err:  # every reader error means the same thing to the user
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise CheckpointError(f"{f} is not a readable PyTorch checkpoint ({type(err).__name__}: {reason})") from None
+
+    def _convert_original(self, checkpoint, path: str):
+        """A checkpoint of the original LWTGPF code as `{"model": state_dict}`; anything else unchanged."""
+        original = original_state_dict(checkpoint)
+        if original is None:
+            return checkpoint
+        lewinvit = next((m for m in self.model.modules() if isinstance(m, LewinViT)), None)
+        state, info = convert_original(original, num_views=lewinvit.num_views if lewinvit else 0,
+                                       local_enhance=lewinvit.local_enhance if lewinvit else False)
+        self.logger.info(f"{path} is a checkpoint of the original LWTGPF code ({info.summary()}): converted on "
+                         "load (tools/convert_weights.py converts it once)")
+        return {"model": state}
 
     def _load_model(self, checkpoint: dict, path: str = "") -> None:
         """Match the file's state dict with the model's keys and shapes; load, or stop with the list."""
@@ -186,7 +202,8 @@ def _mismatch_report(path: str, missing: List[str], unexpected: List[str],
     return "\n".join(lines)
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
+    """Call `write(file)` on a temporary file next to `path`, then rename it to `path`."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=_TMP_PREFIX, suffix=os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
