@@ -122,3 +122,13 @@ def test_single_camera_test_set_stops_before_training(tmp_path, monkeypatch):
     with pytest.raises(DataCheckError, match="Test set MarketLayout cannot be evaluated.*one camera"):
         Trainer(cfg)
     assert not (tmp_path / "o" / "last_checkpoint").exists()
+
+
+def test_parallel_check_finds_what_the_serial_one_finds(tmp_path, monkeypatch):
+    from lwtgpf.data import io
+
+    paths = [write(str(tmp_path / f"{i}.jpg"), None if i % 7 else b"junk") for i in range(30)]
+    monkeypatch.setattr(io, "_PARALLEL_FROM", 8)  # worker processes even for this short list
+    parallel = io.find_unreadable(paths, workers=2)
+    assert parallel == io.find_unreadable(paths, workers=1)
+    assert [p for p, _ in parallel] == paths[::7]

@@ -88,12 +88,14 @@ def test_camera_table_of_another_dataset_is_adapted(tmp_path, sie_shape):
 def test_files_that_are_no_checkpoint_give_one_line(tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")
-    with pytest.raises(CheckpointError, match=r"notes\.txt is not a readable PyTorch checkpoint") as info:
+    with pytest.raises(CheckpointError, match=r"notes\.txt is not a PyTorch checkpoint: torch\.load cannot read it") as info:
         AtomicCheckpointer(Net()).load(str(text))
     assert "\n" not in str(info.value)
     cases = {"nested.pth": ({"state_dict": Net().state_dict(), "epoch": 1}, r"nested\.pth holds a dict with keys "
                                                                             r"\['epoch', 'state_dict'\] but no 'model'"),
-             "tensor.pth": (torch.zeros(3), r"tensor\.pth holds a Tensor, not a checkpoint")}
+             "tensor.pth": (torch.zeros(3), r"tensor\.pth holds a Tensor, not a checkpoint"),
+             "module.pth": (Net(), r"module\.pth holds pickled Python objects \(.*Net\), which loading with "
+                                   r"weights_only refuses")}
     for name, (obj, message) in cases.items():
         with pytest.raises(CheckpointError, match=message):
             AtomicCheckpointer(Net()).load(save(tmp_path, name, obj))

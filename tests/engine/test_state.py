@@ -4,6 +4,7 @@ import logging
 import random
 
 import numpy as np
+import pytest
 import torch
 from fastreid.utils.events import EventStorage, JSONWriter
 
@@ -79,3 +80,21 @@ def test_one_giant_cluster_is_reported_with_a_smaller_eps(caplog):
     caplog.clear()
     check_cluster_sizes(np.array([0, 0, 1, 1, 2]), stats, eps=0.6, max_fraction=0.5)
     assert stats["largest_cluster_fraction"] == 0.4 and not caplog.text
+
+
+def test_diverged_processes_stop_the_checkpoint(monkeypatch):
+    from fastreid.utils import comm
+
+    from lwtgpf.engine import state
+
+    model, copy = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    copy.load_state_dict(model.state_dict())
+    digest = state.parameters_digest(model)
+    assert state.parameters_digest(copy) == digest
+    with torch.no_grad():
+        copy.bias[0] += 1e-7
+    assert state.parameters_digest(copy) != digest
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(comm, "all_gather", lambda value: [value, "0" * 40])
+    with pytest.raises(RuntimeError, match="The processes diverged: their weights differ"):
+        state.check_same_everywhere(digest, "weights")

@@ -26,7 +26,7 @@ class DataCheckError(ValueError):
 def usable_splits(cfg: CfgNode, splits: Dict[str, Sequence[Item]]) -> Dict[str, List[Item]]:
     """`splits` (name -> items) without unreadable images, or an error naming every one of them.
 
-    The main process opens every image header (PIL verify) in DATALOADER.NUM_WORKERS threads and
+    The main process opens every image header (PIL verify) in DATALOADER.NUM_WORKERS processes and
     shares the result with the other processes. Unreadable images stop the run with one
     `UnreadableImageError` listing them split by split, unless DATALOADER.SKIP_UNREADABLE is True:
     then they are left out, with a warning that lists them. DATALOADER.CHECK_IMAGES False skips the

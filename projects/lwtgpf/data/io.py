@@ -6,11 +6,11 @@ and inside a DataLoader worker nothing else does either. (The ``read_image`` of
 reid-strong-baseline-style code bases, TransReID's among them, retries forever on
 ``IOError`` instead: a hang, not an error.) ``read_image``
 here gives the same image as fast-reid's and an error that names the path;
-``find_unreadable`` and ``verify_images`` check a whole dataset, in parallel threads, before
+``find_unreadable`` and ``verify_images`` check a whole dataset, in parallel processes, before
 training starts.
 """
 import logging
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from fastreid.data.data_utils import read_image as _fastreid_read_image
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 _PIL_ERRORS = (OSError, SyntaxError, ValueError)
 _EXAMPLES = 5
 _LISTED = 50  # bad files named in one error message; the rest are counted
+_PARALLEL_FROM = 2000  # below this many files, starting worker processes costs more than it saves
 
 
 class UnreadableImageError(OSError):
@@ -60,14 +61,15 @@ def find_unreadable(paths: Sequence[str], decode: bool = False, workers: int = 8
     """`(path, reason)` of every file in `paths` that cannot be read as an image, in input order.
 
     decode=False checks the file header and structure (PIL ``verify``: fast, but a JPEG cut short
-    may pass); True decodes every image fully (slower, catches truncation). `workers` threads
-    share the files (PIL and file reads release the GIL for much of the work).
+    may pass); True decodes every image fully (slower, catches truncation). Large lists are shared
+    by `workers` processes (PIL's header parsing holds the GIL, so threads would not help).
     """
-    if workers <= 1 or len(paths) < 64:
+    if workers <= 1 or len(paths) < _PARALLEL_FROM:
         reasons = [_problem(p, decode) for p in paths]
     else:
-        with ThreadPoolExecutor(workers) as pool:
-            reasons = list(pool.map(_problem, paths, [decode] * len(paths), chunksize=64))
+        chunk = max(64, len(paths) // (8 * workers))
+        with ProcessPoolExecutor(workers) as pool:
+            reasons = list(pool.map(_problem, paths, [decode] * len(paths), chunksize=chunk))
     return [(p, why) for p, why in zip(paths, reasons) if why is not None]
 
 
@@ -84,7 +86,7 @@ def verify_images(items: Iterable[Union[str, Tuple]], decode: bool = False, work
     Args:
         items: image paths, or fast-reid items ``(img_path, pid, camid)``.
         decode: see `find_unreadable`.
-        workers: threads that share the files.
+        workers: processes that share the files.
 
     Raises:
         UnreadableImageError: naming the number of bad files and the first few, with

@@ -2,6 +2,7 @@
 import glob
 import logging
 import os
+import re
 import tempfile
 from typing import List, Mapping, Optional, Tuple
 
@@ -95,8 +96,15 @@ class AtomicCheckpointer(Checkpointer):
                 return load_file(f, device="cpu")
             return torch.load(f, map_location="cpu", weights_only=True)
         except Exception as err:  # every reader error means the same thing to the user
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise CheckpointError(f"{f} is not a readable PyTorch checkpoint ({type(err).__name__}: {reason})") from None
+            unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+            if unsafe:
+                raise CheckpointError(f"{f} holds pickled Python objects ({unsafe.group(1)}), which loading with "
+                                      f"weights_only refuses; save a state dict instead "
+                                      f"(torch.save({{'model': model.state_dict()}}, path))") from None
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(f"{f} is not a PyTorch checkpoint: torch.load cannot read it "
+                                  f"({type(err).__name__}: {reason}); give a file written by torch.save "
+                                  f"(e.g. model_final.pth) or a .safetensors file") from None
 
     def _convert_original(self, checkpoint, path: str):
         """A checkpoint of the original LWTGPF code as `{"model": state_dict}`; anything else unchanged."""
