@@ -111,3 +111,14 @@ def test_orphan_temporaries_are_removed(tmp_path):
     removed = ckpt.remove_orphan_temporaries()
     assert sorted(os.path.basename(p) for p in removed) == [".tmp-abc123model_last.pth", ".tmp-x1last_checkpoint"]
     assert sorted(os.listdir(tmp_path)) == ["last_checkpoint", "model_last.pth", "notes.tmp"]
+
+
+def test_resume_into_another_optimizer_setup_names_the_file(tmp_path):
+    model = Net()
+    two_groups = torch.optim.SGD([{"params": [model.backbone.proj.weight]},
+                                  {"params": [p for n, p in model.named_parameters() if n != "backbone.proj.weight"]}],
+                                 lr=0.1, momentum=0.9)
+    AtomicCheckpointer(model, str(tmp_path), optimizer=two_groups).save("model_last")
+    one_group = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(CheckpointError, match=r"model_last\.pth: its optimizer state does not fit this run"):
+        AtomicCheckpointer(model, optimizer=one_group).load(str(tmp_path / "model_last.pth"))

@@ -151,8 +151,8 @@ class EpochEvalHook(HookBase):
                 with open(saved) as f:
                     saved = os.path.join(os.path.dirname(saved), f.read().strip())
             raise EvaluationError(f"Evaluation after epoch {epoch} failed: {_reason(err)}\n"
-                               f"The training up to here is saved in {saved}: fix the cause, then evaluate it with "
-                               f"--eval-only MODEL.WEIGHTS {saved}, or continue with --resume.") from err
+                                  f"The training up to here is saved in {saved}: fix the cause, then evaluate it "
+                                  f"with --eval-only MODEL.WEIGHTS {saved}, or continue with --resume.") from err
         if results:
             flat = flatten_results_dict(results)
             self.trainer.storage.put_scalars(**{k: float(v) for k, v in flat.items()}, smoothing_hint=False)
