@@ -61,17 +61,18 @@ class _ImagesToEmbedding(nn.Module):
 
 
 def default_cam_layer(model: nn.Module) -> str:
-    """Name (in `model.named_modules()`) of the last stage of the model's trunk."""
+    """Name (in `model.named_modules()`) of the last stage of the model's trunk (its last block
+    where the stage is not called as a whole)."""
     names = {id(m): n for n, m in model.named_modules()}
     backbone = getattr(model, "backbone", model)
     if isinstance(backbone, LewinViT):
         layer = backbone.layers[-1]
-    elif isinstance(backbone, SplitResNet):
-        layer = backbone.resnet.layer3
+    elif isinstance(backbone, SplitResNet):  # fast-reid runs a ResNet stage block by block, never as a whole
+        layer = backbone.resnet.layer3[-1]
     elif isinstance(backbone, SplitViT):
         layer = backbone.vit.blocks[-2]
-    elif hasattr(backbone, "layer3"):  # fast-reid ResNet inside fast-reid's Baseline
-        layer = backbone.layer3
+    elif hasattr(backbone, "layer3"):  # fast-reid's ResNet inside fast-reid's Baseline
+        layer = backbone.layer3[-1]
     elif hasattr(backbone, "blocks") and len(backbone.blocks) > 1:  # a ViT: the block before the last
         layer = backbone.blocks[-2]
     else:
@@ -142,8 +143,18 @@ def class_activation_maps(model: nn.Module, batched_inputs: dict, method: str = 
     wrapper.camids = camids
     # not grad-cam's context manager: its __exit__ swallows IndexError
     cam = CAM_METHODS[method](wrapper, [target_layer], _to_nchw(model, target_layer))
+    never_ran = RuntimeError(f"the CAM layer {layer} never ran in the model's forward (its parent calls its "
+                             "children one by one?); name a module that runs (ANALYSIS.CAM_LAYER)")
     try:
         with torch.enable_grad():
-            return cam(images, targets)
+            heat = cam(images, targets)
+        ran = bool(cam.activations_and_grads.activations)
+    except (TypeError, ValueError, IndexError):
+        if not cam.activations_and_grads.activations:
+            raise never_ran from None
+        raise
     finally:
         cam.activations_and_grads.release()
+    if not ran:
+        raise never_ran
+    return heat

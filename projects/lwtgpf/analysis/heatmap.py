@@ -1,10 +1,61 @@
-"""Heat maps as pictures: colour overlay, side-by-side panels, and the share of heat inside a box."""
-from typing import Optional, Sequence, Tuple
+"""Heat maps of a model's retrieval feature (attention rollout or a CAM method), as pictures, and
+the share of heat inside a box."""
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import torch
+from fastreid.config import CfgNode
+from torch import nn
 
-__all__ = ["heat_share_in_box", "overlay", "side_by_side"]
+from ..modeling.backbones.lewinvit import LewinBlock
+from .cam import CAM_METHODS, class_activation_maps
+from .rollout import attention_rollout
+
+__all__ = ["HEATMAP_METHODS", "heat_maps", "heat_share_in_box", "heatmap_method", "heatmap_panels", "overlay",
+           "side_by_side"]
+
+HEATMAP_METHODS = ("rollout",) + tuple(CAM_METHODS)
+
+
+def heatmap_method(cfg: CfgNode, model: nn.Module) -> str:
+    """ANALYSIS.HEATMAP_METHOD, with `auto` resolved: rollout for a window-attention model, else gradcam."""
+    method = cfg.ANALYSIS.HEATMAP_METHOD
+    if method == "auto":
+        return "rollout" if any(isinstance(m, LewinBlock) for m in model.modules()) else "gradcam"
+    if method not in HEATMAP_METHODS:
+        raise ValueError(f"ANALYSIS.HEATMAP_METHOD is {method!r}; expected auto or one of {HEATMAP_METHODS}")
+    return method
+
+
+def heat_maps(cfg: CfgNode, model: nn.Module, batched_inputs: dict, method: str,
+              reference: Optional[Dict[str, torch.Tensor]] = None) -> np.ndarray:
+    """Heat [B, H, W] in [0, 1] at the model's input size for an eval-mode model (ANALYSIS.* settings).
+
+    `reference` (CAM methods only): the batch whose features are the similarity targets.
+    """
+    if method == "rollout":
+        if reference is not None:
+            raise ValueError("attention rollout explains the image's own feature; --pair needs a CAM method")
+        rollout = cfg.ANALYSIS.ROLLOUT
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batched_inputs.items()}
+        return attention_rollout(model, batch, rollout.HEAD_FUSION, rollout.DISCARD_RATIO).cpu().numpy()
+    return class_activation_maps(model, batched_inputs, method, cfg.ANALYSIS.CAM_LAYER, reference)
+
+
+def heatmap_panels(heats: np.ndarray, originals: Sequence[np.ndarray],
+                   extra: Optional[np.ndarray] = None) -> List[np.ndarray]:
+    """One picture per image: the image and its heat overlaid, side by side, at the image's own
+    size (the heat resized to it), then `extra` (e.g. the pair image) if given."""
+    panels = []
+    for heat, image in zip(heats, originals):
+        heat = cv2.resize(heat, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+        row = [image, overlay(image, heat)]
+        if extra is not None:
+            row.append(cv2.resize(extra, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_AREA))
+        panels.append(side_by_side(row))
+    return panels
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5) -> np.ndarray:

@@ -24,7 +24,7 @@ def camera_id(path: str, camera: Optional[int] = None) -> int:
     return int(camera)
 
 
-def load_batch(cfg: CfgNode, paths: Sequence[str], camera: Optional[int] = None) -> Tuple[dict, List[np.ndarray]]:
+def load_batch(cfg: CfgNode, paths: Sequence[str], camids: Sequence[int]) -> Tuple[dict, List[np.ndarray]]:
     """A batch as fast-reid's test loader gives it (images float [B, 3, H, W] in 0-255 at
     INPUT.SIZE_TEST, camera ids int64 [B], paths), and the images as read (RGB uint8, own size)."""
     transform = build_transforms(cfg, is_train=False)
@@ -35,7 +35,7 @@ def load_batch(cfg: CfgNode, paths: Sequence[str], camera: Optional[int] = None)
         images.append(transform(img))
     batch = {
         "images": torch.stack(images).float(),
-        "camids": torch.tensor([camera_id(p, camera) for p in paths], dtype=torch.long),
+        "camids": torch.as_tensor(list(camids), dtype=torch.long),
         "img_paths": list(paths),
     }
     return batch, originals

@@ -1,8 +1,15 @@
-"""A re-id model as a function of tensors: (images, camera ids) -> retrieval feature."""
+"""A trained re-id model for inference, and as a function of tensors: (images, camera ids) ->
+retrieval feature."""
+import os
+
 import torch
+from fastreid.config import CfgNode
+from fastreid.modeling.meta_arch import build_model
 from torch import nn
 
-__all__ = ["RetrievalModel", "retrieval_embedding"]
+from ..engine.checkpoint import AtomicCheckpointer
+
+__all__ = ["RetrievalModel", "build_eval_model", "retrieval_embedding"]
 
 
 def _own_images(batched_inputs: dict) -> dict:
@@ -34,3 +41,18 @@ class RetrievalModel(nn.Module):
     def forward(self, images: torch.Tensor, camids: torch.Tensor) -> torch.Tensor:
         batch = {"images": images, "camids": camids}
         return self.model(_own_images(batch)) if self.normalized else retrieval_embedding(self.model, batch)
+
+
+def build_eval_model(cfg: CfgNode) -> nn.Module:
+    """`build_model(cfg)` on MODEL.DEVICE in eval mode, with MODEL.WEIGHTS loaded when set (an
+    original LWTGPF checkpoint is converted on load); the backbone's pretrained file is then not read."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    if cfg.MODEL.WEIGHTS:
+        cfg.MODEL.BACKBONE.PRETRAIN = False  # the checkpoint holds every weight
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        if not os.path.isfile(cfg.MODEL.WEIGHTS):
+            raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist")
+        AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model.eval()

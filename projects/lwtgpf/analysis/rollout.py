@@ -97,9 +97,10 @@ def window_token_index(height: int, width: int, window: int, shift: int, device=
 
 def block_matrix_windows(attention: BlockAttention, head_fusion: str = "mean",
                          discard_ratio: float = 0.0) -> torch.Tensor:
-    """The block's rollout matrices per window [B, windows, T, T]: heads fused, the smallest
-    `discard_ratio` of the block's fused weights (over all its windows) set to 0, identity added,
-    rows renormalised."""
+    """The block's rollout matrices per window [B, windows, T, T] (rows: output slots, columns: input
+    slots): heads fused; entries from or to padding slots removed (padding is no image token);
+    the smallest `discard_ratio` of the block's remaining entries (over all its windows) set to 0;
+    identity added; rows renormalised."""
     if head_fusion not in HEAD_FUSIONS:
         raise ValueError(f"head fusion must be one of {HEAD_FUSIONS}, got {head_fusion!r}")
     if not 0.0 <= discard_ratio < 1.0:
@@ -107,11 +108,15 @@ def block_matrix_windows(attention: BlockAttention, head_fusion: str = "mean",
     probs = attention.probs.float()
     fused = {"mean": lambda p: p.mean(2), "max": lambda p: p.amax(2), "min": lambda p: p.amin(2)}[head_fusion](probs)
     batch, windows, tokens, _ = fused.shape
-    discard = int(windows * tokens * tokens * discard_ratio)
+    real = window_token_index(attention.height, attention.width, attention.window, attention.shift,
+                              device=fused.device) >= 0
+    pairs = real[:, :, None] & real[:, None, :]
+    fused = fused * pairs
+    discard = int(pairs.sum() * discard_ratio)
     if discard:
-        flat = fused.reshape(batch, -1).clone()
-        flat.scatter_(1, flat.topk(discard, dim=1, largest=False).indices, 0.0)
-        fused = flat.view_as(fused)
+        ranked = fused.masked_fill(~pairs, float("inf")).reshape(batch, -1)
+        fused = fused.reshape(batch, -1).scatter(1, ranked.topk(discard, dim=1, largest=False).indices, 0.0)
+        fused = fused.view(batch, windows, tokens, tokens)
     fused = fused + torch.eye(tokens, device=fused.device)
     return fused / fused.sum(-1, keepdim=True)
 
@@ -125,8 +130,7 @@ def _through_block(relevance: torch.Tensor, attention: BlockAttention, head_fusi
     real = index >= 0
     rows = torch.where(real, relevance[:, index.clamp(min=0)], 0.0)  # [B, windows, T]
     flowed = torch.einsum("bwi,bwij->bwj", rows, matrices)
-    out = torch.zeros_like(relevance)
-    return out.index_add_(1, index[real], flowed[:, real])  # padding slots come from no image token
+    return torch.zeros_like(relevance).index_add_(1, index[real], flowed[:, real])
 
 
 def _unmerge(relevance: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -14,6 +14,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..analysis.tensorboard import EmbeddingProjector
 from ..clustering import pseudo_labels
 from ..data.build import Item, build_inference_loader, build_pseudo_label_loader
 
@@ -126,6 +127,10 @@ class ClusterHook(HookBase):
         self.cams = np.asarray([cam for _, _, cam in items], dtype=np.int64)
         self.gt = np.unique(np.asarray([str(pid) for _, pid, _ in items]), return_inverse=True)[1]
         self.loader = build_inference_loader(cfg, items)
+        self.projector = None
+        if cfg.CLUSTER.EMBEDDING_PERIOD > 0 and comm.is_main_process():
+            self.projector = EmbeddingProjector(cfg.OUTPUT_DIR, [path for path, _, _ in items], self.cams,
+                                                [pid for _, pid, _ in items], cfg.CLUSTER.EMBEDDING_SAMPLES)
 
     @torch.no_grad()
     def extract(self, model: torch.nn.Module) -> torch.Tensor:
@@ -157,6 +162,8 @@ class ClusterHook(HookBase):
         self.trainer.set_train_loader(build_pseudo_label_loader(self.cfg, self.items, cluster_labels, proxy_labels))
         if comm.is_main_process():
             self._report(epoch, cluster_labels, proxy_labels, stats)
+        if self.projector is not None and epoch % self.cfg.CLUSTER.EMBEDDING_PERIOD == 0:
+            self.projector.write(epoch, features[0], cluster_labels)
 
     def _report(self, epoch: int, cluster_labels: np.ndarray, proxy_labels: np.ndarray,
                 stats: Dict[str, float]) -> None:

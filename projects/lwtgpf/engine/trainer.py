@@ -1,12 +1,14 @@
 """The trainer: fast-reid's DefaultTrainer, for CPU and GPU, supervised or with pseudo labels."""
 import logging
 import os
-from typing import Tuple
+from collections import OrderedDict
+from typing import Callable, Optional, Tuple
 
 import torch
 from fastreid.config import CfgNode
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from fastreid.evaluation import inference_on_dataset, print_csv_format
 from fastreid.modeling.meta_arch import build_model
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
@@ -16,9 +18,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data.build import build_supervised_train_loader, build_test_loader, load_train_items
+from ..analysis.tensorboard import put_eval_pictures
 from ..evaluation import ReidEvaluator
 from .checkpoint import AtomicCheckpointer
-from .hooks import ClusterHook, EpochCheckpointHook, EpochLRHook, EpochLRScheduler, MemoryUpdateHook, MetricsWriter
+from .hooks import (ClusterHook, EpochCheckpointHook, EpochLRHook, EpochLRScheduler, MemoryUpdateHook,
+                    MetricsWriter, unwrap)
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -97,7 +101,7 @@ class Trainer(DefaultTrainer):
             ret += [ClusterHook(cfg, self.train_items), MemoryUpdateHook()]
 
         def test_and_save_results():
-            self._last_eval_results = self.test(self.cfg, self.model)
+            self._last_eval_results = self.test(self.cfg, self.model, self._put_eval_pictures)
             return self._last_eval_results
 
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
@@ -105,6 +109,10 @@ class Trainer(DefaultTrainer):
             ret.append(EpochCheckpointHook(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_epoch))
             ret.append(MetricsWriter(self.build_writers(), cfg.SOLVER.LOG_PERIOD))
         return ret
+
+    def _put_eval_pictures(self, dataset_name: str, evaluator: ReidEvaluator) -> None:
+        if self.cfg.ANALYSIS.TB_RANKLISTS > 0 or self.cfg.ANALYSIS.TB_HEATMAPS > 0:
+            put_eval_pictures(self.cfg, unwrap(self.model), dataset_name, evaluator.ranking, self.storage)
 
     def build_writers(self):
         return [
@@ -119,6 +127,23 @@ class Trainer(DefaultTrainer):
         logger.info(f"Model: {type(model).__name__}, "
                     f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
         return model
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module,
+             evaluated: Optional[Callable[[str, ReidEvaluator], None]] = None):
+        """fast-reid's `test`; `evaluated(dataset_name, evaluator)` runs on the main process after
+        each test set's evaluation, while the evaluator still holds its `ranking`."""
+        results = OrderedDict()
+        for dataset_name in cfg.DATASETS.TESTS:
+            data_loader, evaluator = cls.build_evaluator(cfg, dataset_name)
+            results[dataset_name] = inference_on_dataset(model, data_loader, evaluator,
+                                                         flip_test=cfg.TEST.FLIP.ENABLED)
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {dataset_name} in csv format:")
+                print_csv_format(OrderedDict(results[dataset_name], dataset=dataset_name))
+                if evaluated is not None:
+                    evaluated(dataset_name, evaluator)
+        return next(iter(results.values())) if len(results) == 1 else results
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Tuple[DataLoader, int]:
