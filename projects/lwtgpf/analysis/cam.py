@@ -149,7 +149,7 @@ def class_activation_maps(model: nn.Module, batched_inputs: dict, method: str = 
         with torch.enable_grad():
             heat = cam(images, targets)
         ran = bool(cam.activations_and_grads.activations)
-    except (TypeError, ValueError, IndexError):
+    except (AttributeError, TypeError, ValueError, IndexError):  # what grad-cam raises without activations
         if not cam.activations_and_grads.activations:
             raise never_ran from None
         raise
