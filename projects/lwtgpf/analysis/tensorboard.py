@@ -73,12 +73,17 @@ class EmbeddingProjector:
         self._writer = None
 
     def _images(self) -> torch.Tensor:
+        """Thumbnails centred on square white tiles (TensorBoard's sprite takes square ones)."""
         if self._thumbnails is None:
             import cv2
             height, width = self.thumbnail
-            self._thumbnails = torch.stack([
-                _chw(cv2.resize(np.asarray(read_image(p, "RGB")), (width, height), interpolation=cv2.INTER_AREA))
-                for p in self.paths])
+            side = max(height, width)
+            tiles = np.full((len(self.paths), side, side, 3), 255, np.uint8)
+            top, left = (side - height) // 2, (side - width) // 2
+            for tile, path in zip(tiles, self.paths):
+                image = cv2.resize(np.asarray(read_image(path, "RGB")), (width, height), interpolation=cv2.INTER_AREA)
+                tile[top:top + height, left:left + width] = image
+            self._thumbnails = torch.from_numpy(tiles).permute(0, 3, 1, 2).float() / 255
         return self._thumbnails
 
     def write(self, epoch: int, features: torch.Tensor, cluster_labels: np.ndarray) -> None:
