@@ -24,5 +24,10 @@ setup(
         "termcolor",
         "tqdm",
         "safetensors",
+        "grad-cam>=1.5.7",
+        "matplotlib",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
     ],
 )

@@ -55,10 +55,12 @@ def export_onnx(model: nn.Module, path: str, image_size: Tuple[int, int], batch_
 
 
 def onnx_session(path: str, threads: int = 0):
-    """An ONNX Runtime CPU session (`threads` 0: its default)."""
+    """An ONNX Runtime CPU session (`threads` 0: its default) whose idle threads sleep: by default
+    they spin after each run and take the cores from whatever runs next (PyTorch, in a benchmark)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
