@@ -6,7 +6,7 @@
 
 The graph takes `images` float [B, 3, H, W] in 0-255 (INPUT.SIZE_TEST, as fast-reid's loaders
 give them, normalisation inside) and `camids` int64 [B] (0-based; a model without camera
-embeddings ignores them and its graph has no such input), and returns `features`, the retrieval
+embeddings ignores them), and returns `features`, the retrieval
 feature of evaluation; B is dynamic. Then ONNX Runtime and PyTorch run the same images (the first
 queries of DATASETS.TESTS[0], or random ones with --random-inputs) at --batch-size and at batch 1;
 the largest absolute difference is printed and the exit status is 1 when it exceeds --tolerance

@@ -80,3 +80,32 @@ def test_export_tool(weights, tmp_path, capsys):
     assert "max abs difference" in capsys.readouterr().out
     assert export.main(["--tolerance", "1e-12"] + args) == 1  # parity is checked, not assumed
     assert "PARITY FAILED" in capsys.readouterr().err
+
+
+def test_training_writes_pictures_and_embeddings(tmp_path):
+    """tools/train_net.py: rank lists and heat maps in TensorBoard at the evaluation, and the
+    projector embedding of the training features at each clustering (CLUSTER.EMBEDDING_PERIOD 1)."""
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    opts = OPTS + ["MODEL.DEVICE", "cpu", "INPUT.SIZE_TRAIN", "[96,32]", "INPUT.SIZE_TEST", "[96,32]",
+                   "DATASETS.SYNTHETIC.NUM_TRAIN_IDS", "12", "DATASETS.SYNTHETIC.IMAGES_PER_ID", "8",
+                   "CLUSTER.EPS", "0.7", "CLUSTER.MIN_SAMPLES", "2", "CLUSTER.K1", "6", "CLUSTER.K2", "2",
+                   "MODEL.MEMORY.NEG_K", "5", "SOLVER.IMS_PER_BATCH", "8", "SOLVER.ITERS_PER_EPOCH", "2",
+                   "SOLVER.MAX_EPOCH", "2", "SOLVER.WARMUP_EPOCHS", "1", "SOLVER.STEPS", "[1]", "TEST.EVAL_PERIOD", "2",
+                   "CLUSTER.EMBEDDING_PERIOD", "1", "CLUSTER.EMBEDDING_SAMPLES", "20", "ANALYSIS.TB_RANKLISTS", "2",
+                   "ANALYSIS.TB_HEATMAPS", "2", "MODEL.BACKBONE.LEWINVIT.WINDOW_SIZE", "3", "OUTPUT_DIR", str(out)]
+    env = dict(os.environ, FASTREID_DATASETS=str(tmp_path / "data"))
+    result = subprocess.run([sys.executable, str(REPO / "tools/train_net.py"), "--config-file", CONFIG, *opts],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    events = EventAccumulator(str(out), size_guidance={"images": 0})
+    events.Reload()
+    assert sorted(events.Tags()["images"]) == ["SyntheticReID/heatmaps_rollout", "SyntheticReID/ranklist_0",
+                                               "SyntheticReID/ranklist_1"]
+    for epoch in (0, 1):
+        rows = (out / f"{epoch:05d}" / "train_features" / "metadata.tsv").read_text().splitlines()
+        assert rows[0] == "pseudo label\tcamera\tidentity" and len(rows) == 21

@@ -67,7 +67,7 @@ def onnx_session(path: str, threads: int = 0):
 
 
 def run_session(session, images: torch.Tensor, camids: torch.Tensor) -> np.ndarray:
-    """The session's features; a graph whose model ignores camera ids has no `camids` input."""
+    """The session's features (`camids` fed when the graph has that input)."""
     names = {i.name: i for i in session.get_inputs()}
     image_type = np.float16 if names["images"].type == "tensor(float16)" else np.float32
     feed = {"images": images.cpu().numpy().astype(image_type)}

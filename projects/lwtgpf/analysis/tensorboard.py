@@ -4,6 +4,7 @@ import logging
 import os
 from typing import Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 from fastreid.config import CfgNode
@@ -44,6 +45,8 @@ def put_eval_pictures(cfg: CfgNode, model: nn.Module, dataset_name: str, ranking
             heats = heat_maps(cfg, model, batch, method)
         finally:
             model.train(was_training)
+        height, width = cfg.INPUT.SIZE_TEST  # one picture of all queries: one size for all
+        originals = [cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA) for image in originals]
         storage.put_image(f"{dataset_name}/heatmaps_{method}", _chw(side_by_side(heatmap_panels(heats, originals))))
 
 
@@ -75,7 +78,6 @@ class EmbeddingProjector:
     def _images(self) -> torch.Tensor:
         """Thumbnails centred on square white tiles (TensorBoard's sprite takes square ones)."""
         if self._thumbnails is None:
-            import cv2
             height, width = self.thumbnail
             side = max(height, width)
             tiles = np.full((len(self.paths), side, side, 3), 255, np.uint8)
