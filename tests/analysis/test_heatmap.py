@@ -68,6 +68,8 @@ def test_heatmap_method_auto():
     assert heatmap_method(cfg, resnet) == "gradcam"
     assert default_cam_layer(resnet) == "backbone.resnet.layer3.1"
     assert default_cam_layer(lewin) == "backbone.layers.2"
+    _, vit = tiny_model(TINY_VIT)
+    assert default_cam_layer(vit) == "backbone.blocks.1"
 
 
 def test_pair_target_and_errors(images):

@@ -7,7 +7,7 @@ image (what makes the two match). The cosine similarity itself cannot serve for 
 against itself: it is maximal there, so its gradient is zero.
 
 The activations of one layer (default: the last stage of the trunk) are laid out as an NCHW map:
-LewinViT's stages are NHWC, fast-reid's ResNet NCHW, ViT blocks give tokens [B, prefix + h*w, C].
+LewinViT's stages are NHWC, fast-reid's ResNet NCHW, ViT blocks give tokens [B, 1 + h*w, C].
 """
 from typing import Callable, Dict, Optional, Tuple
 
@@ -20,7 +20,8 @@ from timm.models.swin_transformer import PatchMerging
 import pytorch_grad_cam as gc
 
 from ..modeling.backbones.lewinvit import LewinBlock, LewinStage, LewinViT
-from ..modeling.backbones.split import SplitResNet, SplitViT
+from ..modeling.backbones.split import SplitResNet
+from ..modeling.backbones.vit import TransReIDViT
 from .retrieval import retrieval_embedding
 
 __all__ = ["CAM_METHODS", "SimilarityTarget", "class_activation_maps", "default_cam_layer"]
@@ -69,8 +70,8 @@ def default_cam_layer(model: nn.Module) -> str:
         layer = backbone.layers[-1]
     elif isinstance(backbone, SplitResNet):  # fast-reid runs a ResNet stage block by block, never as a whole
         layer = backbone.resnet.layer3[-1]
-    elif isinstance(backbone, SplitViT):
-        layer = backbone.vit.blocks[-2]
+    elif isinstance(backbone, TransReIDViT):  # its `blocks` are the trunk's, the last block is the last stage
+        layer = backbone.blocks[-1]
     elif hasattr(backbone, "layer3"):  # fast-reid's ResNet inside fast-reid's Baseline
         layer = backbone.layer3[-1]
     elif hasattr(backbone, "blocks") and len(backbone.blocks) > 1:  # a ViT: the block before the last
