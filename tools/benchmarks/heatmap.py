@@ -16,7 +16,8 @@ import torch
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-file", default="configs/LWTGPF/synthetic.yml")
     parser.add_argument("--weights", required=True, help="the trained model (fast-reid checkpoint)")
-    parser.add_argument("--methods", default="rollout,gradcam,gradcam++,xgradcam,layercam,eigencam")
+    parser.add_argument("--methods", default="rollout,rollout:max:0.9,gradcam,gradcam++,layercam",
+                        help="comma-separated; rollout:FUSION:DISCARD_RATIO sets ANALYSIS.ROLLOUT.*")
     parser.add_argument("--num-images", type=int, default=0, help="queries used (0: all)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -42,7 +43,12 @@ def main(args: argparse.Namespace) -> None:
     chance = []
     print("| method | untrained | trained | seconds / image (trained) |")
     print("|---|---:|---:|---:|")
-    for method in args.methods.split(","):
+    for spec in args.methods.split(","):
+        method, *rollout = spec.split(":")
+        cfg.defrost()
+        cfg.ANALYSIS.ROLLOUT.HEAD_FUSION = rollout[0] if rollout else "mean"
+        cfg.ANALYSIS.ROLLOUT.DISCARD_RATIO = float(rollout[1]) if len(rollout) > 1 else 0.0
+        cfg.freeze()
         shares, seconds = {}, 0.0
         for name, model in (("untrained", untrained), ("trained", trained)):
             shares[name] = []
@@ -58,6 +64,6 @@ def main(args: argparse.Namespace) -> None:
                     if len(chance) < len(query):
                         chance.append((scaled[2] - scaled[0]) * (scaled[3] - scaled[1]) / heat.size)
             seconds = (time.perf_counter() - start) / len(query)
-        print(f"| {method} | {statistics.mean(shares['untrained']):.3f} | {statistics.mean(shares['trained']):.3f} "
+        print(f"| {spec} | {statistics.mean(shares['untrained']):.3f} | {statistics.mean(shares['trained']):.3f} "
               f"| {seconds:.3f} |", flush=True)
     print(f"chance (share of the image inside the box): {np.mean(chance):.3f}")
