@@ -40,7 +40,8 @@ from timm.layers import PatchEmbed, calculate_drop_path_rates, resample_abs_pos_
 from timm.models._manipulate import named_apply
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 
-from .pretrained import LoadReport, adapt_embedding_table, read_state_dict
+from .pretrained import LoadReport, load_matching, read_state_dict
+from .side_info import checked_ids
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -169,16 +170,6 @@ class TransReIDViT(nn.Module):
             if param is not None:
                 trunc_normal_(param, std=0.02)
 
-    def _camera_embedding(self, cam_ids: torch.Tensor) -> torch.Tensor:
-        if cam_ids.dim() != 1:
-            raise ValueError(f"camera ids must be a 1-D tensor [B], got shape {tuple(cam_ids.shape)}")
-        if not torch.compiler.is_compiling():  # a host sync; skipped so compiled graphs stay whole
-            low, high = (int(v) for v in torch.aminmax(cam_ids))
-            if low < 0 or high >= self.num_cameras:
-                raise ValueError(f"camera id {low if low < 0 else high} out of range: MODEL.BACKBONE.NUM_CAMERAS "
-                                 f"is {self.num_cameras}, so ids must lie in 0..{self.num_cameras - 1}")
-        return self.sie_embed[cam_ids.long()]
-
     def forward_trunk(self, x: torch.Tensor, cam_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Images [B, 3, H, W] -> tokens [B, 1 + h*w, C] after all blocks but the last.
 
@@ -191,7 +182,8 @@ class TransReIDViT(nn.Module):
         x = self.patch_embed(x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
         if self.sie_embed is not None and cam_ids is not None:
-            x = x + self.sie_coef * self._camera_embedding(cam_ids)[:, None, :]
+            rows = checked_ids(cam_ids, self.num_cameras, "camera", "MODEL.BACKBONE.NUM_CAMERAS")
+            x = x + self.sie_coef * self.sie_embed[rows][:, None, :]
         return self.blocks(self.pos_drop(x))
 
     def forward(self, x: torch.Tensor, cam_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -263,36 +255,18 @@ def load_vit_pretrained(model: TransReIDViT, path: str, hw_ratio: int = 2) -> Lo
     converted, unused = transreid_to_vit(state, len(model.blocks) + 1)
     report = LoadReport(path=path, format=FORMAT, unused=unused)
 
-    own = model.state_dict()
-    accepted, mismatched = {}, []
-    for key, value in converted.items():
-        if key not in own:
-            report.unused[key] = ("camera table; the model has none (MODEL.BACKBONE.NUM_CAMERAS 0)"
-                                  if key == "sie_embed" else "no matching tensor in the ViT")
-            continue
-        target = own[key]
-        if value.shape != target.shape:
-            if key == "pos_embed" and value.dim() == 3 and value.shape[2] == target.shape[2]:
-                old_grid = pretrained_grid(value.shape[1] - 1, hw_ratio, path)
-                value = resize_pos_embed(value, old_grid, model.grid_size)
-                report.adapted.append(f"pos_embed: grid {old_grid[0]}x{old_grid[1]} resized to "
-                                      f"{model.grid_size[0]}x{model.grid_size[1]} (bilinear)")
-            elif key == "sie_embed" and value.shape[1] == target.shape[1]:
-                value = adapt_embedding_table(value, target.shape[0], f"{key} in {path}")
-                report.adapted.append(f"{key}: {converted[key].shape[0]} -> {target.shape[0]} rows")
-            else:
-                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target.shape)}")
-                continue
-        accepted[key] = value
-    if mismatched:
-        raise ValueError(f"pretrained weights {path} do not fit this ViT ({_mismatch_hint(converted, model)}): "
-                         + "; ".join(mismatched[:5]))
-    if not accepted:
-        raise ValueError(f"pretrained weights {path} fit nothing in the ViT ({FORMAT} names expected: "
-                         f"patch_embed.proj, cls_token, pos_embed, blocks.i.*); first keys: {list(state)[:5]}")
-    model.load_state_dict(accepted, strict=False)
-    report.loaded = list(accepted)
-    report.missing = [key for key in own if key not in accepted]
+    def adapt(key: str, value: torch.Tensor, target: torch.Tensor) -> Optional[Tuple[torch.Tensor, str]]:
+        if key == "pos_embed" and value.dim() == 3 and value.shape[2] == target.shape[2]:
+            old_grid = pretrained_grid(value.shape[1] - 1, hw_ratio, path)
+            return (resize_pos_embed(value, old_grid, model.grid_size),
+                    f"grid {old_grid[0]}x{old_grid[1]} resized to {model.grid_size[0]}x{model.grid_size[1]} (bilinear)")
+        return None
+
+    accepted = load_matching(
+        model, converted, report, "the ViT", adapt=adapt, fit_hint=_mismatch_hint(converted, model),
+        unused_reason=lambda key: "camera table; the model has none (MODEL.BACKBONE.NUM_CAMERAS 0)"
+        if key == "sie_embed" else "")
+    report.missing = [key for key in model.state_dict() if key not in accepted]
     logger.info(report.summary())
     return report
 
