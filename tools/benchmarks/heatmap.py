@@ -1,7 +1,8 @@
 """Where heat maps look: the share of heat inside the person's box on the synthetic queries.
 
 For each method, the mean over the query images of (heat inside the person's box) / (all heat),
-the heat as drawn (scaled to [0, 1], at the image's size), for a trained model (MODEL.WEIGHTS)
+the heat as drawn (scaled to [0, 1], at the image's size; all-zero maps are counted apart), for a
+trained model (MODEL.WEIGHTS)
 and for the same architecture untrained (seed 0, as the demo's untrained model). Chance level is
 the mean share of the image the box covers.
 """
@@ -41,15 +42,15 @@ def main(args: argparse.Namespace) -> None:
     trained = build_eval_model(load_config(args.config_file, list(args.opts) + ["MODEL.WEIGHTS", args.weights]))
     print(f"{len(query)} queries of {cfg.DATASETS.TESTS[0]}, heat at {height}x{width}; weights {args.weights}")
     chance = []
-    print("| method | untrained | trained | seconds / image (trained) |")
-    print("|---|---:|---:|---:|")
+    print("| method | untrained | trained | seconds / image (trained) | all-zero maps (untrained / trained) |")
+    print("|---|---:|---:|---:|---:|")
     for spec in args.methods.split(","):
         method, *rollout = spec.split(":")
         cfg.defrost()
         cfg.ANALYSIS.ROLLOUT.HEAD_FUSION = rollout[0] if rollout else "mean"
         cfg.ANALYSIS.ROLLOUT.DISCARD_RATIO = float(rollout[1]) if len(rollout) > 1 else 0.0
         cfg.freeze()
-        shares, seconds = {}, 0.0
+        shares, seconds, empty = {}, 0.0, {"untrained": 0, "trained": 0}
         for name, model in (("untrained", untrained), ("trained", trained)):
             shares[name] = []
             start = time.perf_counter()
@@ -60,10 +61,13 @@ def main(args: argparse.Namespace) -> None:
                 for heat, original, box in zip(heats, originals, boxes[i:i + args.batch]):
                     sy, sx = heat.shape[0] / original.shape[0], heat.shape[1] / original.shape[1]
                     scaled = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-                    shares[name].append(heat_share_in_box(heat, scaled))
+                    if heat.sum() > 0:  # a CAM whose every weighted activation is negative is all zero
+                        shares[name].append(heat_share_in_box(heat, scaled))
+                    else:
+                        empty[name] += 1
                     if len(chance) < len(query):
                         chance.append((scaled[2] - scaled[0]) * (scaled[3] - scaled[1]) / heat.size)
             seconds = (time.perf_counter() - start) / len(query)
         print(f"| {spec} | {statistics.mean(shares['untrained']):.3f} | {statistics.mean(shares['trained']):.3f} "
-              f"| {seconds:.3f} |", flush=True)
+              f"| {seconds:.3f} | {empty['untrained']} / {empty['trained']} |", flush=True)
     print(f"chance (share of the image inside the box): {np.mean(chance):.3f}")
