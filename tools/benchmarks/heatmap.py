@@ -2,9 +2,8 @@
 
 For each method, the mean over the query images of (heat inside the person's box) / (all heat),
 the heat as drawn (scaled to [0, 1], at the image's size; all-zero maps are counted apart), for a
-trained model (MODEL.WEIGHTS)
-and for the same architecture untrained (seed 0, as the demo's untrained model). Chance level is
-the mean share of the image the box covers.
+trained model (MODEL.WEIGHTS) and for the same architecture untrained (seed 0, as the demo's
+untrained model). Chance level is the mean share of the image the box covers.
 """
 import argparse
 import statistics
