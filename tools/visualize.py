@@ -105,8 +105,8 @@ def main(argv=None) -> None:
     args = parse_args(parser, argv, list_options=("images",))
     setup_logger(name="fastreid")
     setup_logger(name="lwtgpf", abbrev_name="lwtgpf")
-    torch.set_grad_enabled(False)
-    {"heatmap": heatmap, "ranklist": ranklist}[args.command](args)
+    with torch.no_grad():  # CAM methods turn gradients back on where they need them
+        {"heatmap": heatmap, "ranklist": ranklist}[args.command](args)
 
 
 if __name__ == "__main__":
