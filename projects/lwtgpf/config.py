@@ -53,7 +53,27 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.CLUSTER.MIN_SAMPLES = 4  # DBSCAN core-point neighbourhood size
     _C.CLUSTER.K1 = 20  # k-reciprocal neighbourhood
     _C.CLUSTER.K2 = 6  # query-expansion neighbourhood
-    _C.CLUSTER.KNN = "auto"  # auto | faiss | torch: nearest-neighbour search backend
+    _C.CLUSTER.KNN = "auto"  # auto | faiss | torch (exact) | approx (inverted file): nearest-neighbour search
+    _C.CLUSTER.KNN_FP16 = False  # faiss on a GPU keeps the features in float16 (candidates re-ranked in float64)
+    _C.CLUSTER.APPROX = CN()
+    _C.CLUSTER.APPROX.NLIST = 0  # k-means cells of the approx search (0: round(sqrt(N)), at most N / 64)
+    _C.CLUSTER.APPROX.NPROBE = 0  # cells scanned per query (0: 16)
+    _C.CLUSTER.APPROX.RECALL_SAMPLE = 1000  # queries whose recall@K1 against exact search is logged (0: off)
+    _C.CLUSTER.APPROX.SEED = 0  # seed of the k-means sample and initialisation
+    _C.CLUSTER.PART_DTYPE = "float32"  # float32 | float16: part features kept until the epoch's proxies exist
+    _C.CLUSTER.EMBEDDING_PERIOD = 0  # epochs between TensorBoard projector embeddings of training features (0: off)
+    _C.CLUSTER.EMBEDDING_SAMPLES = 1000  # training images (a fixed random sample) in each embedding
+
+    # ---------------- Analysis: tools/visualize.py and TensorBoard pictures ----------------
+    _C.ANALYSIS = CN()
+    _C.ANALYSIS.HEATMAP_METHOD = "auto"  # rollout | gradcam | gradcam++ | ... (auto: rollout on LewinViT, else gradcam)
+    _C.ANALYSIS.CAM_LAYER = ""  # module name the CAM methods explain ("": the last stage of the trunk)
+    _C.ANALYSIS.ROLLOUT = CN()
+    _C.ANALYSIS.ROLLOUT.HEAD_FUSION = "mean"  # mean | max | min: how a block's heads are fused
+    _C.ANALYSIS.ROLLOUT.DISCARD_RATIO = 0.0  # share of each block's smallest attention weights set to 0
+    _C.ANALYSIS.TOPK = 10  # gallery images in a rank list
+    _C.ANALYSIS.TB_RANKLISTS = 4  # rank lists put in TensorBoard at each evaluation (0: none)
+    _C.ANALYSIS.TB_HEATMAPS = 4  # query heat maps put in TensorBoard at each evaluation (0: none)
 
     # ---------------- Solver / data ----------------
     _C.SEED = -1  # seed of python, numpy and torch RNGs (>= 0: reproducible runs; < 0: a fresh one)

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -121,6 +122,12 @@ def test_outputs_and_eval_only(data, reference):
     assert "Loaded 1" in log and "Starting training" not in log
 
 
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_equals_the_uninterrupted_run(data, reference):
     out = data.parent / "killed"
@@ -203,3 +210,46 @@ def test_eval_only_without_weights_is_a_clear_error(data, tmp_path):
     result = train_net(data, "OUTPUT_DIR", str(tmp_path / "o"), "--eval-only", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "error: --eval-only needs a checkpoint: add MODEL.WEIGHTS" in result.stderr
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_from_num_gpus_and_torchrun(tmp_path):
+    # One epoch with one process, then with two gloo processes started three ways: --num-gpus 2,
+    # torchrun --nproc-per-node 2, and torchrun on two "nodes" of one process each (static
+    # rendezvous on this machine). Same seeds and one thread per process everywhere.
+    env = dict(os.environ, FASTREID_DATASETS=str(tmp_path / "data"), OMP_NUM_THREADS="1")
+    opts = [*TINY, "SOLVER.MAX_EPOCH", "1", "SOLVER.ITERS_PER_EPOCH", "3", "TEST.EVAL_PERIOD", "1", "SEED", "0"]
+    train = [str(ROOT / "tools/train_net.py"), "--config-file", str(ROOT / "configs/LWTGPF/synthetic.yml")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+
+    def run(cmds, name, batch, flags=()):
+        procs = [subprocess.Popen(cmd + train + list(flags) + opts + ["TEST.IMS_PER_BATCH", str(batch), "OUTPUT_DIR",
+                                                                       str(tmp_path / name)],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for cmd in cmds]
+        logs = [proc.communicate(timeout=600)[0] for proc in procs]
+        for proc, log in zip(procs, logs):
+            assert proc.returncode == 0, log[-3000:]
+        return "".join(logs)
+
+    # every process extracts batches of 8 images, so each image's features come from the same computation
+    run([[sys.executable]], "one", 8)
+    assert "World size: 2" in run([[sys.executable]], "spawn", 16, ["--num-gpus", "2"])
+    log = run([torchrun + ["--nproc-per-node", "2", "--master-port", str(_free_port())]], "torchrun", 16)
+    assert "World size: 2" in log
+    port = str(_free_port())
+    run([torchrun + ["--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
+                     "--master-addr", "127.0.0.1", "--master-port", port] for node in range(2)], "nodes", 16)
+
+    labels = (tmp_path / "one" / "pseudo_labels" / "epoch_000.csv").read_text()
+    assert len(set(row.split(",")[2] for row in labels.splitlines()[1:])) > 3  # several clusters
+    weights = torch.load(tmp_path / "spawn" / "model_final.pth", weights_only=False)["model"]
+    for name in ("spawn", "torchrun", "nodes"):
+        assert (tmp_path / name / "pseudo_labels" / "epoch_000.csv").read_text() == labels, name
+        other = torch.load(tmp_path / name / "model_final.pth", weights_only=False)["model"]
+        assert other.keys() == weights.keys()
+        assert all(torch.equal(other[k], weights[k]) for k in weights), name
+    with pytest.raises(subprocess.CalledProcessError) as error:  # torchrun and --num-gpus do not mix
+        subprocess.run(torchrun + ["--nproc-per-node", "1", *train, "--num-gpus", "2", *opts],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert "leave out --num-gpus" in error.value.stderr

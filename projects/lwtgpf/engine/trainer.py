@@ -1,13 +1,15 @@
 """The trainer: fast-reid's DefaultTrainer, for CPU and GPU, supervised or with pseudo labels."""
 import logging
 import os
-from typing import List, Optional, Tuple
+from collections import OrderedDict
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 from fastreid.config import CfgNode
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from fastreid.evaluation import inference_on_dataset, print_csv_format
 from fastreid.modeling.meta_arch import build_model
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
@@ -16,6 +18,7 @@ from fastreid.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from ..analysis.tensorboard import put_eval_pictures
 from ..data.build import (build_pseudo_label_loader, build_supervised_train_loader, build_test_loader,
                           load_test_items, load_train_items)
 from ..data.checks import DataCheckError, check_camera_ids, check_cross_camera, usable_splits
@@ -273,12 +276,16 @@ class Trainer(DefaultTrainer):
                                   self.max_epoch, self.iters_per_epoch))
 
         def test_and_save_results():
-            self._last_eval_results = self.test(self.cfg, self.model)
+            self._last_eval_results = self.test(self.cfg, self.model, self._put_eval_pictures)
             return self._last_eval_results
 
         ret.append(EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.max_epoch, test_and_save_results,
                                  os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")))
         return ret
+
+    def _put_eval_pictures(self, dataset_name: str, evaluator: ReidEvaluator) -> None:
+        if self.cfg.ANALYSIS.TB_RANKLISTS > 0 or self.cfg.ANALYSIS.TB_HEATMAPS > 0:
+            put_eval_pictures(self.cfg, unwrap(self.model), dataset_name, evaluator.ranking, self.storage)
 
     def build_writers(self):
         """The console, metrics.json and TensorBoard writers; after a resume they continue after
@@ -296,6 +303,23 @@ class Trainer(DefaultTrainer):
         logger.info(f"Model: {type(model).__name__}, "
                     f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
         return model
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module,
+             evaluated: Optional[Callable[[str, ReidEvaluator], None]] = None):
+        """fast-reid's `test`; `evaluated(dataset_name, evaluator)` runs on the main process after
+        each test set's evaluation, while the evaluator still holds its `ranking`."""
+        results = OrderedDict()
+        for dataset_name in cfg.DATASETS.TESTS:
+            data_loader, evaluator = cls.build_evaluator(cfg, dataset_name)
+            results[dataset_name] = inference_on_dataset(model, data_loader, evaluator,
+                                                         flip_test=cfg.TEST.FLIP.ENABLED)
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {dataset_name} in csv format:")
+                print_csv_format(OrderedDict(results[dataset_name], dataset=dataset_name))
+                if evaluated is not None:
+                    evaluated(dataset_name, evaluator)
+        return next(iter(results.values())) if len(results) == 1 else results
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Tuple[DataLoader, int]:
