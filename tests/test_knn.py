@@ -6,7 +6,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import lwtgpf  # noqa: F401
 from lwtgpf import clustering
-from lwtgpf.knn import KnnSearch, kmeans, recall, split_rows
+from lwtgpf.knn import KnnSearch, add_reverse, kmeans, recall, split_rows
 
 
 def identities(n=1200, dim=64, ids=60, cams=4, seed=0):
@@ -41,7 +41,7 @@ def test_kmeans_is_a_fixed_point_of_assign_and_average():
 
 def test_approx_search_is_exact_search_over_the_probed_cells():
     x = unit(700, 24, 2)
-    search = KnnSearch("approx", nlist=12, nprobe=3)
+    search = KnnSearch("approx", nlist=12, nprobe=3, precision="float32")
     centroids = search.train(x)
     rows = torch.arange(0, 700, 7)
     found = search.candidates(x, rows, 15, centroids)
@@ -58,10 +58,44 @@ def test_approx_search_is_exact_search_over_the_probed_cells():
 
 
 def test_cell_counts_follow_n():
-    assert KnnSearch("approx").cells(100_000) == (316, 16)
-    assert KnnSearch("approx").cells(1_000_000) == (1000, 16)
+    assert KnnSearch("approx").cells(100_000) == (316, 48)
+    assert KnnSearch("approx").cells(1_000_000) == (1000, 48)
     assert KnnSearch("approx").cells(300) == (4, 4)  # at least 64 rows per cell, nprobe <= nlist
     assert KnnSearch("approx", nlist=50, nprobe=60).cells(10_000) == (50, 50)
+
+
+def test_bfloat16_scan_finds_what_float32_finds():
+    # bfloat16 only chooses candidates (every backend re-ranks them in float64): near-ties at the
+    # edge of the candidate list may swap, nothing else
+    x = unit(900, 32, 5)
+    lists = {dtype: clustering.knn(x, 10, KnnSearch("approx", nlist=10, nprobe=3, precision=dtype))
+             for dtype in ("float32", "bfloat16")}
+    assert recall(lists["bfloat16"], lists["float32"]) > 0.99
+    assert KnnSearch(precision="bfloat16").scan_dtype(torch.device("cpu")) == torch.bfloat16
+    assert KnnSearch(precision="float32").scan_dtype(torch.device("cpu")) == torch.float32
+
+
+def test_add_reverse_against_a_plain_reference():
+    rng = np.random.default_rng(6)
+    n, k = 40, 5
+    x = torch.nn.functional.normalize(torch.from_numpy(rng.standard_normal((n, 8))), dim=1).numpy()
+    sim_all = x @ x.T
+    # each row's list: itself, then k - 1 rows drawn at random (a poor search), by decreasing cosine
+    nbr = np.empty((n, k), dtype=np.int64)
+    for i in range(n):
+        others = rng.choice(np.delete(np.arange(n), i), k - 1, replace=False)
+        nbr[i] = [i, *sorted(others, key=lambda j: (-sim_all[i, j], j))]
+    sim = np.where(nbr == np.arange(n)[:, None], np.inf, sim_all[np.arange(n)[:, None], nbr])
+    out, out_sim = add_reverse(nbr, sim)
+    for i in range(n):
+        pool = set(nbr[i]) | {j for j in range(n) if i in nbr[j]}
+        best = sorted(pool, key=lambda j: (-np.inf if j == i else -sim_all[i, j], j))[:k]
+        assert out[i].tolist() == best, i
+        assert np.array_equal(out_sim[i], [np.inf if j == i else sim_all[i, j] for j in best])
+    # exact lists come back unchanged
+    exact = clustering.knn(x, k, backend="torch")
+    exact_sim = np.where(exact == np.arange(n)[:, None], np.inf, sim_all[np.arange(n)[:, None], exact])
+    assert np.array_equal(add_reverse(exact, exact_sim)[0], exact)
 
 
 def test_approx_recall_and_labels_against_exact():

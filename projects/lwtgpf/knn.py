@@ -160,8 +160,8 @@ class KnnSearch:
             are still re-ranked in float64, but near-ties within float16 rounding may differ).
         nlist: approx: k-means cells; 0 derives round(sqrt(N)), at most N / 64 (cells of about
             sqrt(N) rows, large enough for dense products).
-        nprobe: approx: cells scanned per query; 0 means 16, so each query is compared with about
-            16 sqrt(N) rows (5% of them at N = 100,000, 1.6% at 1,000,000).
+        nprobe: approx: cells scanned per query; 0 means 48, so each query is compared with about
+            48 sqrt(N) rows (15% of them at N = 100,000, 4.8% at 1,000,000).
         precision: approx: dtype of the scan's products: "bfloat16" (the candidates only; they are
             re-ranked in float64), "float32", or "auto": bfloat16 where the device multiplies it
             natively (CUDA with bfloat16 support; CPUs with AVX512-BF16 or AMX), else float32.
