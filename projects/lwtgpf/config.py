@@ -58,4 +58,8 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 20  # training images per identity, on average
     _C.DATASETS.SYNTHETIC.OCCLUDED = False  # put occluders on query images
     _C.DATASETS.SYNTHETIC.SEED = 0
+    # Camera-bias strengths (defaults: the demo's set; docs/BENCHMARKS.md sweeps them)
+    _C.DATASETS.SYNTHETIC.COLOUR_CAST = 1.0  # exponent on each camera's per-channel gains, whole image (0: none)
+    _C.DATASETS.SYNTHETIC.BACKGROUND_CONTRAST = 0.15  # contrast left to each camera's scenery (1: full)
+    _C.DATASETS.SYNTHETIC.BLUR_NOISE = 1.0  # factor on each camera's blur sigma and noise std
     return cfg
