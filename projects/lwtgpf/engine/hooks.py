@@ -14,6 +14,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from ..camera_norm import camera_normalise
 from ..clustering import pseudo_labels
 from ..data.build import Item, build_inference_loader, build_pseudo_label_loader
 
@@ -148,7 +149,8 @@ class ClusterHook(HookBase):
         features = self.extract(model)
         labels, stats = None, {}
         if comm.is_main_process():
-            labels = pseudo_labels(features[0], self.cams, eps=cfg.EPS, min_samples=cfg.MIN_SAMPLES,
+            labels = pseudo_labels(camera_normalise(features[0], self.cams, cfg.CAMERA_NORM), self.cams,
+                                   eps=cfg.EPS, min_samples=cfg.MIN_SAMPLES,
                                    k1=cfg.K1, k2=cfg.K2, knn_backend=cfg.KNN, stats=stats)
         if comm.get_world_size() > 1:
             labels = comm.all_gather(labels)[0]

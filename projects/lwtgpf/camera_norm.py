@@ -1,0 +1,66 @@
+"""Camera-aware feature normalisation before clustering (an addition beyond the original code).
+
+Each camera shifts the colours and the scenery of all its images, and early in training that
+shift dominates the features: every image's nearest neighbours come from its own camera, so
+the clusters never join cameras and the camera-aware proxies have nothing to align. Centring
+the features of every camera on that camera's mean (optionally also scaling every dimension
+to unit spread within the camera) removes what all images of a camera share before the
+k-reciprocal search. It is the idea of camera-based batch normalisation (CBN, Zhuang et al.,
+ECCV 2020: normalise with each camera's own statistics) applied to the features that feed the
+clustering. Only the pseudo labels see the normalised features; the proxy memory keeps the
+model's own features. Camera ids are known without labels; no identity label is used.
+"""
+from typing import Union
+
+import numpy as np
+import torch
+
+__all__ = ["CAMERA_NORM_MODES", "camera_normalise"]
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+CAMERA_NORM_MODES = ("none", "center", "standardize")
+
+# Floor on a dimension's within-camera standard deviation, relative to its mean over cameras
+# and dimensions: a dimension that is constant in one camera must not be blown up.
+_STD_FLOOR = 1e-3
+
+
+def camera_normalise(features: ArrayLike, cams: ArrayLike, mode: str = "none") -> ArrayLike:
+    """Features [N, D] with what every camera shares removed; `cams` [N] camera ids.
+
+    - "none": `features` itself, untouched (the published method);
+    - "center": each row minus the mean of its camera's rows (in float64, returned as float32);
+    - "standardize": centred, then every dimension divided by its standard deviation within the
+      camera (floored at 1e-3 of the average one).
+
+    The rows are L2-normalised afterwards by the clustering, as before. A camera with a single
+    image becomes a zero row under centring; it is left as it was instead.
+    """
+    if mode not in CAMERA_NORM_MODES:
+        raise ValueError(f"camera normalisation must be one of {CAMERA_NORM_MODES} (config key "
+                         f"CLUSTER.CAMERA_NORM), got {mode!r}")
+    if mode == "none":
+        return features
+    if isinstance(features, torch.Tensor):
+        x = features.detach().to("cpu", torch.float64).numpy()
+    else:
+        x = np.asarray(features, dtype=np.float64)
+    cams = np.asarray(cams.cpu() if isinstance(cams, torch.Tensor) else cams)
+    if x.ndim != 2 or cams.shape != (x.shape[0],):
+        raise ValueError(f"features must be [N, D] and cams [N], got shapes {x.shape} and {cams.shape}")
+    ids, inverse, counts = np.unique(cams, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    sums = np.zeros((ids.size, x.shape[1]))
+    np.add.at(sums, inverse, x)
+    means = sums / counts[:, None]
+    out = x - means[inverse]
+    if mode == "standardize":
+        sq = np.zeros_like(sums)
+        np.add.at(sq, inverse, out * out)
+        std = np.sqrt(sq / counts[:, None])
+        std = np.maximum(std, _STD_FLOOR * std.mean())
+        out /= std[inverse]
+    single = counts[inverse] == 1
+    out[single] = x[single]
+    return out.astype(np.float32)
