@@ -15,12 +15,13 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.MODEL.BACKBONE.LEWINVIT.DEPTHS = []  # non-empty overrides the size's blocks per stage (4 values)
     _C.MODEL.BACKBONE.LEWINVIT.NUM_HEADS = []  # non-empty overrides the size's heads per stage (4 values)
     _C.MODEL.BACKBONE.LEWINVIT.PATCH_SIZE = 4  # patch embedding stride
-    _C.MODEL.BACKBONE.LEWINVIT.WINDOW_SIZE = 7  # attention window (tokens per side)
+    _C.MODEL.BACKBONE.LEWINVIT.WINDOW_SIZE = 7  # attention window (tokens per side), the same in every stage
     _C.MODEL.BACKBONE.LEWINVIT.MLP_RATIO = 4.0  # feed-forward hidden width / block width
     _C.MODEL.BACKBONE.LEWINVIT.LOCAL_ENHANCE = True  # 3x3 depthwise branch in every feed-forward network
-    _C.MODEL.BACKBONE.LEWINVIT.PRETRAIN_FORMAT = "auto"  # auto | solider | timm
+    _C.MODEL.BACKBONE.LEWINVIT.FINAL_NORM = False  # LayerNorm after the last stage's blocks (the original has none)
+    _C.MODEL.BACKBONE.LEWINVIT.PRETRAIN_FORMAT = "auto"  # auto | solider (mmcls names: SOLIDER, SOLIDER-REID, LWTGPF) | timm
     _C.MODEL.BACKBONE.NUM_CAMERAS = 0  # SIE camera embeddings (0: no camera embedding)
-    _C.MODEL.BACKBONE.NUM_VIEWS = 0  # SIE view embeddings (0: none)
+    _C.MODEL.BACKBONE.NUM_VIEWS = 0  # SIE view embeddings (0: none; with cameras, one row per camera-view pair)
 
     # ---------------- Global-part head ----------------
     _C.MODEL.HEADS.PART_GRANULARITIES = [2, 3]  # horizontal stripes of branch 1, branch 2

@@ -27,14 +27,8 @@ def make_head(**kwargs) -> GlobalPartHead:
 
 
 def stripe_rows(height: int, g: int):
-    """Row ranges of the stripes, written out: the first height % g stripes get one row more."""
-    base, extra = divmod(height, g)
-    rows, top = [], 0
-    for i in range(g):
-        size = base + (1 if i < extra else 0)
-        rows.append((top, top + size))
-        top += size
-    return rows
+    """Row ranges of the stripes, written out: stripe i spans floor(i*H/g) .. ceil((i+1)*H/g)."""
+    return [((i * height) // g, -((-(i + 1) * height) // g)) for i in range(g)]
 
 
 def reference_features(head: GlobalPartHead, x: torch.Tensor, global_feat: str = "mean") -> torch.Tensor:
@@ -61,11 +55,15 @@ def reference_features(head: GlobalPartHead, x: torch.Tensor, global_feat: str =
 
 @pytest.mark.parametrize("height,g", [(12, 1), (12, 2), (12, 3), (16, 3), (7, 2), (7, 5), (5, 5)])
 def test_stripe_pool_matches_loop(height, g):
+    """Adaptive average pooling bins, as the original's AdaptiveAvgPool2d((g, 1)): 7 rows in 2 stripes are
+    rows 0-3 and 3-6 (the middle row in both)."""
     fmap = torch.randn(3, 4, height, 2)
     out = stripe_pool(fmap, g)
     assert out.shape == (g, 3, 4)
     for i, (top, bottom) in enumerate(stripe_rows(height, g)):
         torch.testing.assert_close(out[i], fmap[:, :, top:bottom].mean((2, 3)))
+    if (height, g) == (7, 2):
+        assert stripe_rows(7, 2) == [(0, 4), (3, 7)]
 
 
 def test_stripe_pool_rejects_too_many_stripes():

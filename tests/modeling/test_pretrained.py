@@ -52,8 +52,24 @@ def to_solider_layout(swin: nn.Module, num_stages: int = 4) -> dict:
 
 
 def timm_swin(img_size):
+    """A random timm Swin whose every stage has 7x7 windows and tables, as SOLIDER's checkpoints."""
     return timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=img_size,
-                             num_classes=0, **SMALL).eval()
+                             num_classes=0, always_partition=True, **SMALL).eval()
+
+
+def loaded_from_timm_layout(swin: nn.Module, tmp_path, img_size, **kwargs) -> LewinViT:
+    """LewinViT loaded from `swin`'s own (timm-layout) state dict: the reference for other layouts."""
+    torch.save(swin.state_dict(), tmp_path / "timm_layout.pth")
+    model = LewinViT(img_size, **kwargs).eval()
+    load_pretrained(model, str(tmp_path / "timm_layout.pth"), "timm")
+    return model
+
+
+def assert_same_weights(model: nn.Module, expected: nn.Module) -> None:
+    mine, theirs = model.state_dict(), expected.state_dict()
+    assert mine.keys() == theirs.keys()
+    for key in mine:
+        assert torch.equal(mine[key], theirs[key]), key
 
 
 def test_merge_order_matches_mmcls_unfold():
@@ -78,24 +94,66 @@ def test_merge_order_matches_mmcls_unfold():
 
 
 @pytest.mark.parametrize("fmt", ["solider", "auto"])
-def test_solider_layout_loads_to_same_features(fmt, tmp_path):
+def test_solider_layout_loads_the_same_weights(fmt, tmp_path):
+    """SOLIDER's mmcls names and merge order give exactly the tensors timm's layout gives."""
     torch.manual_seed(0)
     img_size = (96, 64)
     swin = timm_swin(img_size)
     path = tmp_path / "solider_swin.pth"
     torch.save(to_solider_layout(swin), path)
-    model = LewinViT(img_size, num_cameras=2, **SMALL).eval()
+    model = LewinViT(img_size, num_cameras=2, final_norm=True, **SMALL).eval()
     report = load_pretrained(model, str(path), fmt)
     assert report.format == "solider"
     assert report.missing == []
-    assert set(report.new) == {"cam_embed"} | {k for k in model.state_dict() if ".mlp.local." in k}
+    assert set(report.new) == {"sie_embed"} | {k for k in model.state_dict() if ".mlp.local." in k}
     assert "backbone.norm0.weight" not in report.unused  # prefixes are gone from the report keys
     assert "norm0.weight" in report.unused and "semantic_embed_w.0.weight" in report.unused
     assert "head.last_layer.weight" in report.unused
     assert any(k.endswith("relative_position_index") for k in report.unused)
-    x = torch.randn(2, 3, *img_size)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), swin.forward_features(x).permute(0, 3, 1, 2), atol=2e-5, rtol=1e-5)
+    expected = loaded_from_timm_layout(swin, tmp_path, img_size, num_cameras=2, final_norm=True, **SMALL)
+    expected.sie_embed.data.copy_(model.sie_embed)
+    assert_same_weights(model, expected)
+
+
+def test_final_norm_is_reported_unused_by_default(tmp_path):
+    """The branches end without a LayerNorm (the original drops SOLIDER's norm3): the file's is reported."""
+    torch.manual_seed(0)
+    swin = timm_swin((64, 32))
+    torch.save(to_solider_layout(swin), tmp_path / "solider.pth")
+    model = LewinViT((64, 32), **SMALL)
+    report = load_pretrained(model, str(tmp_path / "solider.pth"))
+    assert report.missing == []
+    assert "FINAL_NORM" in report.unused["last_stage.norm.weight"]
+
+
+def lwtgpf_style_file(swin: nn.Module, cameras: int) -> dict:
+    """A whole re-id model in mmcls names under `base.` (SOLIDER-REID, original LWTGPF), `module.`-prefixed."""
+    teacher = to_solider_layout(swin)["teacher"]
+    state = {"module.base." + k[len("backbone."):]: v for k, v in teacher.items() if k.startswith("backbone.")}
+    state["module.base.sie_embed"] = torch.randn(cameras, 1, 16)
+    state["module.b1.blocks.0.attn.w_msa.qkv.weight"] = torch.randn(384, 128)
+    state["module.bottleneck.weight"] = torch.ones(128)
+    state["module.part_bns.0.running_mean"] = torch.zeros(128)
+    state["module.classifier.weight"] = torch.zeros(10, 128)
+    return {"model": state, "optimizer": {"state": {}}, "epoch": 49}
+
+
+def test_whole_reid_model_file_as_backbone_initialisation(tmp_path):
+    """SOLIDER-REID / original LWTGPF files (`base.` prefix) initialise the backbone; heads are reported."""
+    torch.manual_seed(0)
+    swin = timm_swin((64, 32))
+    file = lwtgpf_style_file(swin, cameras=6)
+    torch.save(file, tmp_path / "lwtgpf.pt")
+    model = LewinViT((64, 32), num_cameras=6, local_enhance=False, **SMALL).eval()
+    report = load_pretrained(model, str(tmp_path / "lwtgpf.pt"))
+    assert report.format == "solider" and report.missing == [] and report.new == []
+    for key in ("b1.blocks.0.attn.w_msa.qkv.weight", "bottleneck.weight", "part_bns.0.running_mean",
+                "classifier.weight"):
+        assert "MODEL.WEIGHTS" in report.unused[key], key
+    torch.testing.assert_close(model.sie_embed, file["model"]["module.base.sie_embed"][:, 0])
+    expected = loaded_from_timm_layout(swin, tmp_path, (64, 32), num_cameras=6, local_enhance=False, **SMALL)
+    expected.sie_embed.data.copy_(model.sie_embed)
+    assert_same_weights(model, expected)
 
 
 def test_module_prefix_state_dict_nesting_and_microsoft_layout(tmp_path):
@@ -110,13 +168,12 @@ def test_module_prefix_state_dict_nesting_and_microsoft_layout(tmp_path):
     microsoft["module.head.weight"] = torch.zeros(10, 128)
     path = tmp_path / "ms.pth"
     torch.save({"state_dict": microsoft}, path)
-    model = LewinViT(img_size, local_enhance=False, **SMALL).eval()
+    model = LewinViT(img_size, local_enhance=False, final_norm=True, **SMALL).eval()
     report = load_pretrained(model, str(path))
     assert report.format == "timm" and report.missing == [] and report.new == []
     assert report.unused == {"head.weight": "classifier head"}
-    x = torch.randn(1, 3, *img_size)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), swin.forward_features(x).permute(0, 3, 1, 2), atol=2e-5, rtol=1e-5)
+    assert_same_weights(model, loaded_from_timm_layout(swin, tmp_path, img_size, local_enhance=False,
+                                                       final_norm=True, **SMALL))
 
 
 def test_file_that_fits_nothing(tmp_path):
@@ -146,40 +203,40 @@ def test_camera_table_of_another_size_is_adapted(tmp_path):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             report = load_pretrained(target, str(path))
-        assert any("cam_embed" in str(w.message) for w in caught)
-        assert report.missing == [] and report.new == [] and "cam_embed" in report.loaded
+        assert any("sie_embed" in str(w.message) for w in caught)
+        assert report.missing == [] and report.new == [] and "sie_embed" in report.loaded
         keep = min(cams, 6)
-        torch.testing.assert_close(target.cam_embed[:keep], source.cam_embed[:keep])
+        torch.testing.assert_close(target.sie_embed[:keep], source.sie_embed[:keep])
         if cams > 6:
-            torch.testing.assert_close(target.cam_embed[6:], source.cam_embed.mean(0).expand(cams - 6, -1))
+            torch.testing.assert_close(target.sie_embed[6:], source.sie_embed.mean(0).expand(cams - 6, -1))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # timm's interpolation warns about torch internals
 def test_relative_position_table_crop_is_exact():
-    """A 7x7-window table cropped for a 7x4 window gives every offset the bias it had."""
+    """A 7x7-window table cropped for a smaller window (WINDOW_SIZE 4) gives every offset the bias it had."""
     torch.manual_seed(0)
     heads = 2
     table = torch.randn(13 * 13, heads)
-    cropped = adapt_rel_pos_table(table, (7, 4), torch.Size((13 * 7, heads)))
-    for dy in range(-6, 7):
+    cropped = adapt_rel_pos_table(table, (4, 4), torch.Size((7 * 7, heads)))
+    for dy in range(-3, 4):
         for dx in range(-3, 4):
             old = (dy + 6) * 13 + (dx + 6)
-            new = (dy + 6) * 7 + (dx + 3)
+            new = (dy + 3) * 7 + (dx + 3)
             torch.testing.assert_close(cropped[new], table[old])
     grown = adapt_rel_pos_table(table, (9, 9), torch.Size((17 * 17, heads)))
     assert grown.shape == (17 * 17, heads)
 
 
-def test_window7_file_into_clamped_windows_matches_padded_attention(tmp_path):
-    """7x7-window tables load into a model whose last stage (4x2 map) uses 4x2 windows: centre crop."""
+def test_window7_tables_load_unchanged_at_every_stage_at_384x128(tmp_path):
+    """With the original geometry every stage attends in 7x7 windows: SOLIDER / timm tables load as they are."""
     torch.manual_seed(0)
-    big = timm_swin((224, 224))  # every stage has full 7x7 windows and tables
-    torch.save(big.state_dict(), tmp_path / "w7.pth")
-    model = LewinViT((128, 64), **SMALL)
+    big = timm_swin((224, 224))  # every stage has 7x7 windows and tables
+    torch.save(to_solider_layout(big), tmp_path / "w7.pth")
+    model = LewinViT((384, 128), **SMALL)
     report = load_pretrained(model, str(tmp_path / "w7.pth"))
-    assert report.missing == [] and any("window resized" in a for a in report.adapted)
-    assert model.last_stage.blocks[0].attn.relative_position_bias_table.shape == (7 * 3, 2)
-    # the last stage runs on a 4x2 map: window (4, 2), table of (2*4-1)*(2*2-1) rows = centre crop
-    torch.testing.assert_close(
-        model.last_stage.blocks[0].attn.relative_position_bias_table,
-        big.layers[3].blocks[0].attn.relative_position_bias_table.reshape(13, 13, 2)[3:10, 5:8].reshape(21, 2))
+    assert report.missing == [] and report.adapted == []
+    stages = [*model.layers, model.last_stage]
+    for i, stage in enumerate(stages):
+        for j, block in enumerate(stage.blocks):
+            torch.testing.assert_close(block.attn.relative_position_bias_table,
+                                       big.layers[i].blocks[j].attn.relative_position_bias_table)

@@ -1,14 +1,18 @@
-"""LewinViT forward speed and peak memory next to timm's plain Swin of the same size.
+"""LewinViT forward speed and peak memory: its window geometry and local enhancement, each priced.
 
 `python tools/benchmark.py backbone [--sizes tiny,small] [--batch 32] [--device auto|cpu|cuda]`
 
-Inference-mode forward passes on random 384x128 images. CPU: fp32 eager, few iterations. CUDA:
-fp32 and bf16 autocast, eager and `torch.compile` (compile only for --compile-sizes, tiny by
-default, to keep a full GPU run within a few minutes); warm-up and compilation are not timed,
-the device is synchronised around the timed loop, and peak memory is
-`torch.cuda.max_memory_allocated` over the timed loop (weights included). LewinViT runs with its
-local-enhancement branches; timm's Swin with timm's defaults (its fused attention is opt-in for
-Swin, LewinViT turns it on).
+Inference-mode forward passes on random 384x128 images of three models of one size, in the same
+run: LewinViT as configured by default (the original's window geometry: 7x7 windows in every
+stage on maps padded to multiples of 7, plus the local-enhancement branches); LewinViT without
+local enhancement; timm's Swin with timm's geometry (a stage-4 map of 12x4 gets 7x4 windows,
+rolled before padding) and its fused attention turned on as LewinViT's is, which is what
+LewinViT without local enhancement computed before it took the original's geometry. The ratios:
+geometry = LewinViT w/o local enhancement / timm Swin, local enhancement = LewinViT / LewinViT w/o.
+CPU: fp32 eager, few iterations. CUDA: fp32 and bf16 autocast, eager and `torch.compile`
+(compile only for --compile-sizes, tiny by default); warm-up and compilation are not timed, the
+device is synchronised around the timed loop, and peak memory is `torch.cuda.max_memory_allocated`
+over the timed loop (weights included).
 """
 import argparse
 import contextlib
@@ -33,10 +37,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _models(size: str, img_size: tuple) -> List[tuple]:
     embed_dim, depths, heads = LEWINVIT_SIZES[size]
-    ours = LewinViT(img_size, embed_dim=embed_dim, depths=depths, num_heads=heads, drop_path_rate=0.0)
+    dims = dict(embed_dim=embed_dim, depths=depths, num_heads=heads, drop_path_rate=0.0)
+    ours = LewinViT(img_size, **dims)
+    plain = LewinViT(img_size, local_enhance=False, **dims)
     swin = timm.create_model(f"swin_{size}_patch4_window7_224", pretrained=False, img_size=img_size,
                              num_classes=0, drop_path_rate=0.0)
-    return [("LewinViT", ours, ours.forward), ("timm Swin", swin, swin.forward_features)]
+    for module in swin.modules():
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = True
+    return [ours.forward, plain.forward, swin.forward_features], [ours, plain, swin]
 
 
 def _time(fn: Callable, x: torch.Tensor, iters: int, warmup: int, dtype: Optional[torch.dtype]) -> tuple:
@@ -81,25 +90,25 @@ def main(args: argparse.Namespace) -> None:
     print(f"device: {torch.cuda.get_device_name(device) if cuda else 'cpu'} ({torch.get_num_threads()} threads) | "
           f"torch {torch.__version__} | timm {timm.__version__} | batch {args.batch} | {img_size[0]}x{img_size[1]} | "
           f"{iters} timed iterations after {warmup} warm-up")
-    header = "| size | precision | compile | LewinViT img/s | timm Swin img/s | ratio | LewinViT MiB | timm Swin MiB |"
-    print(header)
-    print("|" + "---|" * 8)
+    print("| size | precision | compile | LewinViT img/s | w/o local enh. img/s | timm Swin img/s | geometry "
+          "ratio | local enh. ratio | LewinViT MiB | w/o MiB | timm MiB |")
+    print("|" + "---|" * 11)
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, *img_size, device=device)
     for size in sizes:
-        models = _models(size, img_size)
-        for _, module, _ in models:
+        fns, modules = _models(size, img_size)
+        for module in modules:
             module.to(device).eval()
         for name, dtype in settings:
             for compiled in ([False, True] if size in compile_sizes else [False]):
                 results = []
-                for _, module, fn in models:
+                for fn in fns:
                     torch._dynamo.reset()
-                    run = torch.compile(fn) if compiled else fn
-                    results.append(_time(run, x, iters, warmup, dtype))
-                (ours, ours_mem), (ref, ref_mem) = results
-                print(f"| {size} | {name} | {'yes' if compiled else 'no'} | {ours:.1f} | {ref:.1f} | "
-                      f"{ours / ref:.2f} | {_mib(ours_mem)} | {_mib(ref_mem)} |", flush=True)
-        del models
+                    results.append(_time(torch.compile(fn) if compiled else fn, x, iters, warmup, dtype))
+                (ours, ours_mem), (plain, plain_mem), (ref, ref_mem) = results
+                print(f"| {size} | {name} | {'yes' if compiled else 'no'} | {ours:.1f} | {plain:.1f} | {ref:.1f} | "
+                      f"{plain / ref:.2f} | {ours / plain:.2f} | {_mib(ours_mem)} | {_mib(plain_mem)} | "
+                      f"{_mib(ref_mem)} |", flush=True)
+        del fns, modules
         if cuda:
             torch.cuda.empty_cache()

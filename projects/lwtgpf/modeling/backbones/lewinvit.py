@@ -1,36 +1,45 @@
 """LewinViT: a Swin Transformer with camera embeddings and locally enhanced feed-forward networks.
 
-METHOD.md section 1. The hierarchy (4x4 patch embedding, four stages of shifted-window attention
-with relative position bias, patch merging between stages) is timm 1.0.31's Swin, built from
-`timm.models.swin_transformer` components; this module adds only what timm lacks:
+METHOD.md section 1. Built from `timm.models.swin_transformer` components (window attention with
+its relative-position table and fused attention, patch embedding, patch merging, MLP), with the
+original LWTGPF code's semantics where they differ from timm's Swin:
 
-* SIE: one learnable vector per camera (and per view), added to every patch token right after the
-  patch embedding, scaled by `sie_coef` (fast-reid's MODEL.BACKBONE.SIE_COE).
-* Local enhancement: every block's MLP gets a 3x3 depthwise convolution over its hidden activations
-  laid out as the 2-D token map, as a residual branch initialised to zero, so a pretrained Swin
-  computes exactly what it computed before loading into LewinViT.
+* Window geometry (the original's mmcls / SOLIDER `ShiftWindowMSA`): every block of every stage
+  attends in 7x7 windows whatever the map size. The map is zero-padded at the bottom and right to
+  multiples of the window, then, in shifted blocks, rolled by half a window on the padded map;
+  the shifted-window mask is built on the padded map. timm rolls before padding and shrinks the
+  window to a map side <= 7 (dropping the shift along it); at 384x128 that changes stage 4.
+* LayerNorm eps 1e-6 everywhere (patch embedding, blocks, patch merging), as the original.
+* SIE: one table of learnable vectors added to every patch token right after the patch
+  embedding, scaled by `sie_coef`: one row per camera, per view, or per (camera, view) pair
+  (row camera * num_views + view) when both exist, as in the original (and TransReID).
+
+LewinViT adds what neither has:
+
+* Local enhancement: every block's MLP gets a 3x3 depthwise convolution over its hidden
+  activations laid out as the 2-D token map, as a residual branch initialised to zero, so a
+  pretrained Swin computes exactly what it computed before loading into LewinViT.
 * The split the global-part head needs: `forward_trunk` (patch embedding, stages 1-3, stage 4's
-  patch merging) and `last_stage` (stage-4 blocks and the final norm, NHWC in, NCHW out).
+  patch merging) and `last_stage` (stage-4 blocks, NHWC in, NCHW out). The original's branches end
+  with the last block; a final LayerNorm is an option.
 
-Windows follow timm: a stage whose map side is not larger than the window uses a window of that
-side and no shift along it (at 384x128, stage 4's 12x4 map gets 7x4 windows, shifted by 3 rows
-only); map sides that are not multiples of the window are zero-padded before partitioning. The
-model is built for one input size (INPUT.SIZE_TRAIN); attention masks are precomputed for it.
-
-Attention goes through `F.scaled_dot_product_attention` (timm's fused path, which timm leaves off
-by default for Swin as "experimental"; it computes the same softmax(q k^T * scale + bias + mask) v).
-`torch._dynamo.explain` on a small model (CPU, torch 2.14) finds one graph and no graph break in
-`last_stage` and in `forward_trunk` without camera ids; with camera ids the range check (a host
-sync) is skipped while compiling, so the compiled graph stays whole.
+The model is built for one input size (INPUT.SIZE_TRAIN); shifted-window masks are precomputed
+for it. Attention goes through `F.scaled_dot_product_attention` (timm's fused path, which timm
+leaves off by default for Swin as "experimental"; it computes the same
+softmax(q k^T * scale + bias + mask) v). `torch._dynamo.explain` on a small model finds no graph
+break in `forward_trunk` (camera id range checks, a host sync, are skipped while compiling) or in
+`last_stage`.
 """
 import logging
+from functools import partial
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed, calculate_drop_path_rates, trunc_normal_
 from timm.models._manipulate import named_apply
-from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock
+from timm.models.swin_transformer import PatchMerging, SwinTransformerBlock, window_partition, window_reverse
 from timm.models.vision_transformer import init_weights_vit_timm
 
 from fastreid.config import CfgNode
@@ -46,6 +55,31 @@ LEWINVIT_SIZES = {
     "small": (96, (2, 2, 18, 2), (3, 6, 12, 24)),
     "base": (128, (2, 2, 18, 2), (4, 8, 16, 32)),
 }
+NORM_EPS = 1e-6  # the original's LayerNorm eps (its build_norm_layer); timm's default is 1e-5
+LayerNorm = partial(nn.LayerNorm, eps=NORM_EPS)
+
+
+def padded_size(size: int, window: int) -> int:
+    """`size` rounded up to a multiple of `window`: the map side windows are taken from."""
+    return -(-size // window) * window
+
+
+def shifted_window_mask(height: int, width: int, window: int, shift: int) -> torch.Tensor:
+    """Attention mask [num_windows, window**2, window**2] of a shifted block (METHOD.md section 1).
+
+    On the padded map (sides rounded up to multiples of `window`) rolled by -shift, tokens are
+    labelled by the region they came from: per axis the slices (0, -window), (-window, -shift),
+    (-shift, None). Pairs of tokens with different labels get -100, others 0.
+    """
+    hp, wp = padded_size(height, window), padded_size(width, window)
+    labels = torch.zeros(hp, wp)
+    bands = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
+    for i, rows in enumerate(bands):
+        for j, cols in enumerate(bands):
+            labels[rows, cols] = 3 * i + j
+    windows = window_partition(labels[None, :, :, None], (window, window)).reshape(-1, window * window)
+    differ = windows[:, None, :] != windows[:, :, None]
+    return torch.zeros(differ.shape).masked_fill(differ, -100.0)
 
 
 class LocalEnhancedMlp(Mlp):
@@ -73,14 +107,41 @@ class LocalEnhancedMlp(Mlp):
 
 
 class LewinBlock(SwinTransformerBlock):
-    """timm's Swin block whose MLP sees the 2-D token map (NHWC), optionally locally enhanced."""
+    """timm's Swin block with the original's window geometry; its MLP sees the 2-D token map (NHWC),
+    optionally locally enhanced.
+
+    The window stays `window_size` x `window_size` at every map size (timm's `always_partition`),
+    so the relative-position table has (2 * window_size - 1)**2 rows in every stage.
+    """
 
     def __init__(self, local_enhance: bool = True, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(always_partition=True, norm_layer=LayerNorm, **kwargs)
         self.attn.fused_attn = True  # F.scaled_dot_product_attention (timm: opt-in "experimental" for Swin)
         if local_enhance:
             self.mlp = LocalEnhancedMlp(
                 self.dim, int(self.dim * self.mlp_ratio), drop=kwargs.get("proj_drop", 0.0))
+
+    def get_attn_mask(self, x: Optional[torch.Tensor] = None, device=None, dtype=None) -> Optional[torch.Tensor]:
+        """The shifted-window mask on the padded map of the block's input resolution (None unshifted)."""
+        if not any(self.shift_size):
+            return None
+        mask = shifted_window_mask(*self.input_resolution, self.window_size[0], self.shift_size[0])
+        return mask.to(device=device, dtype=dtype or torch.float32)
+
+    def _attn(self, x: torch.Tensor) -> torch.Tensor:
+        """Window attention on NHWC tokens: pad to whole windows, roll, attend, roll back, crop."""
+        _, height, width, channels = x.shape
+        window, shift = self.window_size[0], self.shift_size[0]
+        x = F.pad(x, (0, 0, 0, padded_size(width, window) - width, 0, padded_size(height, window) - height))
+        padded_hw = x.shape[1:3]
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = window_partition(x, self.window_size).reshape(-1, self.window_area, channels)
+        windows = self.attn(windows, mask=self.attn_mask)
+        x = window_reverse(windows.reshape(-1, window, window, channels), self.window_size, *padded_hw)
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        return x[:, :height, :width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path1(self._attn(self.norm1(x)))
@@ -103,7 +164,7 @@ def _build_blocks(
 
 
 class LewinStage(nn.Module):
-    """One of stages 1-3: timm's patch merging (stages 2, 3) then the blocks, NHWC in and out."""
+    """One of stages 1-3: patch merging (stages 2, 3) then the blocks, NHWC in and out."""
 
     def __init__(self, downsample: Optional[nn.Module], blocks: nn.Sequential):
         super().__init__()
@@ -115,12 +176,12 @@ class LewinStage(nn.Module):
 
 
 class LewinLastStage(nn.Module):
-    """Stage-4 blocks and the final LayerNorm: NHWC [B, h, w, C] in, NCHW [B, C, h, w] out."""
+    """Stage-4 blocks (and an optional final LayerNorm): NHWC [B, h, w, C] in, NCHW [B, C, h, w] out."""
 
-    def __init__(self, blocks: nn.Sequential, norm: nn.LayerNorm):
+    def __init__(self, blocks: nn.Sequential, norm: Optional[nn.LayerNorm] = None):
         super().__init__()
         self.blocks = blocks
-        self.norm = norm
+        self.norm = norm if norm is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.blocks(x)).permute(0, 3, 1, 2).contiguous()
@@ -133,9 +194,11 @@ class LewinViT(nn.Module):
         img_size: (height, width) the model is built for; both multiples of 8 * patch_size.
         embed_dim: stage-1 width (stage i has embed_dim * 2**i).
         depths / num_heads: blocks and attention heads per stage (4 stages).
-        num_cameras / num_views: SIE table sizes (0: no table).
+        window_size: side of the square attention windows, in every stage.
+        num_cameras / num_views: SIE table rows (0: none; both > 0: one row per pair).
         sie_coef: scale of the camera/view embeddings.
         local_enhance: add the zero-initialised depthwise branch to every MLP.
+        final_norm: end the last stage with a LayerNorm (the original has none).
     """
 
     def __init__(
@@ -154,6 +217,7 @@ class LewinViT(nn.Module):
             num_views: int = 0,
             sie_coef: float = 3.0,
             local_enhance: bool = True,
+            final_norm: bool = False,
     ):
         super().__init__()
         img_size = tuple(int(s) for s in img_size)
@@ -164,10 +228,14 @@ class LewinViT(nn.Module):
             raise ValueError(
                 f"LewinViT input size {img_size} (INPUT.SIZE_TRAIN): height and width must be positive "
                 f"multiples of {stride} so that the 1/{stride} feature map is whole, e.g. 384x128 or 256x128")
+        if window_size < 2:
+            raise ValueError(f"MODEL.BACKBONE.LEWINVIT.WINDOW_SIZE is {window_size}; expected at least 2")
         for i, (d, h) in enumerate(zip(depths, num_heads)):
             if d < 1 or h < 1 or (embed_dim * 2 ** i) % h:
                 raise ValueError(f"LewinViT stage {i + 1}: width {embed_dim * 2 ** i} with {d} blocks and {h} heads "
                                  "(need >= 1 block and a width divisible by the heads)")
+        if num_cameras < 0 or num_views < 0:
+            raise ValueError(f"MODEL.BACKBONE.NUM_CAMERAS ({num_cameras}) and NUM_VIEWS ({num_views}) must be >= 0")
         self.img_size = img_size
         self.embed_dim = embed_dim
         self.num_features = embed_dim * 2 ** (len(depths) - 1)
@@ -178,9 +246,9 @@ class LewinViT(nn.Module):
 
         self.patch_embed = PatchEmbed(
             img_size=img_size, patch_size=patch_size, in_chans=3, embed_dim=embed_dim,
-            norm_layer=nn.LayerNorm, output_fmt="NHWC")
-        self.cam_embed = nn.Parameter(torch.zeros(num_cameras, embed_dim)) if num_cameras > 0 else None
-        self.view_embed = nn.Parameter(torch.zeros(num_views, embed_dim)) if num_views > 0 else None
+            norm_layer=LayerNorm, output_fmt="NHWC")
+        sie_rows = max(num_cameras, 1) * max(num_views, 1) if num_cameras or num_views else 0
+        self.sie_embed = nn.Parameter(torch.zeros(sie_rows, embed_dim)) if sie_rows else None
 
         grid = self.patch_embed.grid_size
         dpr = calculate_drop_path_rates(drop_path_rate, list(depths), stagewise=True)
@@ -191,21 +259,21 @@ class LewinViT(nn.Module):
             dim = embed_dim * 2 ** i
             resolution = (grid[0] >> i, grid[1] >> i)
             blocks = _build_blocks(dim, resolution, depths[i], num_heads[i], drop_path=dpr[i], **common)
-            stages.append(LewinStage(PatchMerging(dim // 2) if i > 0 else None, blocks))
+            downsample = PatchMerging(dim // 2, norm_layer=LayerNorm) if i > 0 else None
+            stages.append(LewinStage(downsample, blocks))
         self.layers = nn.Sequential(*stages)
-        self.last_downsample = PatchMerging(self.num_features // 2)
+        self.last_downsample = PatchMerging(self.num_features // 2, norm_layer=LayerNorm)
         self.last_stage = LewinLastStage(
             _build_blocks(self.num_features, (grid[0] >> 3, grid[1] >> 3), depths[3], num_heads[3],
                           drop_path=dpr[3], **common),
-            nn.LayerNorm(self.num_features))
+            LayerNorm(self.num_features) if final_norm else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """timm's Swin initialisation; SIE tables trunc-normal (std .02); local branches zero."""
+        """timm's Swin initialisation; the SIE table trunc-normal (std .02); local branches zero."""
         named_apply(lambda module, name: init_weights_vit_timm(module, name, needs_reset=False), self)
-        for table in (self.cam_embed, self.view_embed):
-            if table is not None:
-                trunc_normal_(table, std=0.02)
+        if self.sie_embed is not None:
+            trunc_normal_(self.sie_embed, std=0.02)
         for module in self.modules():
             if isinstance(module, LocalEnhancedMlp):
                 module.reset_local()
@@ -215,37 +283,48 @@ class LewinViT(nn.Module):
         """Parameter names timm's Swin recipe keeps out of weight decay."""
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
-    def _side_embedding(self, ids: torch.Tensor, table: nn.Parameter, what: str, key: str) -> torch.Tensor:
+    @staticmethod
+    def _checked_ids(ids: torch.Tensor, size: int, what: str, key: str) -> torch.Tensor:
         if ids.dim() != 1:
             raise ValueError(f"{what} ids must be a 1-D tensor [B], got shape {tuple(ids.shape)}")
         if not torch.compiler.is_compiling():  # a host sync; skipped so compiled graphs stay whole
             low, high = torch.aminmax(ids)
-            bad = [v for v in (int(low), int(high)) if not 0 <= v < table.shape[0]]
+            bad = [v for v in (int(low), int(high)) if not 0 <= v < size]
             if bad:
-                raise ValueError(f"{what} id {bad[0]} out of range: {key} is {table.shape[0]}, "
-                                 f"so ids must lie in 0..{table.shape[0] - 1}")
-        return table[ids.long()]
+                raise ValueError(f"{what} id {bad[0]} out of range: {key} is {size}, "
+                                 f"so ids must lie in 0..{size - 1}")
+        return ids.long()
+
+    def _sie_rows(self, cam_ids: Optional[torch.Tensor], view_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Row of the SIE table per sample, or None when no embedding applies."""
+        if self.num_cameras and cam_ids is not None:
+            cams = self._checked_ids(cam_ids, self.num_cameras, "camera", "MODEL.BACKBONE.NUM_CAMERAS")
+            if not self.num_views:
+                return cams
+            if view_ids is None:
+                raise ValueError("this LewinViT has one SIE row per (camera, view) pair "
+                                 "(MODEL.BACKBONE.NUM_VIEWS > 0): pass view ids with the camera ids")
+            return cams * self.num_views + self._checked_ids(view_ids, self.num_views, "view",
+                                                             "MODEL.BACKBONE.NUM_VIEWS")
+        if self.num_views and not self.num_cameras and view_ids is not None:
+            return self._checked_ids(view_ids, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS")
+        return None
 
     def forward_trunk(
             self, x: torch.Tensor, cam_ids: Optional[torch.Tensor] = None, view_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Images [B, 3, H, W] -> NHWC [B, H/32, W/32, num_features] (stage 4's patch merging included).
 
-        Camera (view) embeddings are added when the model has a table and ids are given.
+        The camera (view) embedding is added when the model has a table and ids are given.
         """
         if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(f"LewinViT was built for {self.img_size[0]}x{self.img_size[1]} input "
                              f"(INPUT.SIZE_TRAIN) but got {x.shape[-2]}x{x.shape[-1]}; "
                              "set INPUT.SIZE_TEST equal to INPUT.SIZE_TRAIN")
         x = self.patch_embed(x)
-        sie = None
-        if self.cam_embed is not None and cam_ids is not None:
-            sie = self._side_embedding(cam_ids, self.cam_embed, "camera", "MODEL.BACKBONE.NUM_CAMERAS")
-        if self.view_embed is not None and view_ids is not None:
-            view = self._side_embedding(view_ids, self.view_embed, "view", "MODEL.BACKBONE.NUM_VIEWS")
-            sie = view if sie is None else sie + view
-        if sie is not None:
-            x = x + self.sie_coef * sie[:, None, None, :].to(x.dtype)
+        rows = self._sie_rows(cam_ids, view_ids)
+        if rows is not None:
+            x = x + self.sie_coef * self.sie_embed[rows][:, None, None, :].to(x.dtype)
         x = self.layers(x)
         return self.last_downsample(x)
 
@@ -267,8 +346,6 @@ def lewinvit_kwargs_from_config(cfg: CfgNode) -> dict:
     for key, value in (("DEPTHS", lw.DEPTHS), ("NUM_HEADS", lw.NUM_HEADS)):
         if len(value) not in (0, 4):
             raise ValueError(f"MODEL.BACKBONE.LEWINVIT.{key} is {list(value)}; expected 4 values or [] for the size's")
-    if bb.NUM_CAMERAS < 0 or bb.NUM_VIEWS < 0:
-        raise ValueError(f"MODEL.BACKBONE.NUM_CAMERAS ({bb.NUM_CAMERAS}) and NUM_VIEWS ({bb.NUM_VIEWS}) must be >= 0")
     return dict(
         img_size=tuple(cfg.INPUT.SIZE_TRAIN),
         patch_size=lw.PATCH_SIZE,
@@ -284,6 +361,7 @@ def lewinvit_kwargs_from_config(cfg: CfgNode) -> dict:
         num_views=bb.NUM_VIEWS,
         sie_coef=bb.SIE_COE,
         local_enhance=lw.LOCAL_ENHANCE,
+        final_norm=lw.FINAL_NORM,
     )
 
 

@@ -5,18 +5,20 @@ Formats (MODEL.BACKBONE.LEWINVIT.PRETRAIN_FORMAT):
 * ``timm``: ImageNet Swin in timm's layout (``layers.i.downsample`` at the start of stage i,
   ``layers.i.blocks.j.attn.qkv`` ...); the original Microsoft layout (merging at the end of stage
   i-1, same 4C order) and LewinViT's own weights are read as well.
-* ``solider``: SOLIDER's LUPerson Swin (mmcls names: ``patch_embed.projection``,
-  ``stages.i.blocks.j.attn.w_msa.*``, ``ffn.layers.0.0`` / ``ffn.layers.1``,
-  ``stages.i.downsample.*`` at the end of stage i, per-stage output norms ``norm0``..``norm3``).
-  mmcls merges patches with ``nn.Unfold``, channel-major (index c*4 + g') with the 2x2 positions
-  in timm's group order 0, 2, 1, 3; timm concatenates group-major (g*C + c). The merging
-  weights are permuted accordingly.
+* ``solider``: mmcls names, as in SOLIDER's LUPerson Swin teachers, SOLIDER-REID models and the
+  original LWTGPF checkpoints (``patch_embed.projection``, ``stages.i.blocks.j.attn.w_msa.*``,
+  ``ffn.layers.0.0`` / ``ffn.layers.1``, ``stages.i.downsample.*`` at the end of stage i, per-stage
+  output norms ``norm0``..``norm3``, LWTGPF's camera table ``sie_embed`` [rows, 1, D]). mmcls merges
+  patches with ``nn.Unfold``, channel-major (index c*4 + g') with the 2x2 positions in timm's
+  group order 0, 2, 1, 3; timm concatenates group-major (g*C + c). The merging weights are
+  permuted accordingly.
 * ``auto``: decided by the key names.
 
-The nesting (``teacher`` / ``state_dict`` / ``model``) and the prefixes ``module.`` / ``backbone.``
-are removed first. Relative-position tables are cropped when the model's window fits in the
-file's (the same offsets keep the same bias, exact) and interpolated otherwise; a camera or view
-table of another size is adapted with a warning. Everything is reported through fast-reid's logger.
+The nesting (``teacher`` / ``state_dict`` / ``model``) and the prefixes ``module.`` / ``backbone.`` /
+``base.`` (SOLIDER-REID, LWTGPF) are removed first. Relative-position tables of another window size
+are cropped when the model's window fits in the file's (the same offsets keep the same bias,
+exact) and interpolated otherwise; a camera or view table of another size is adapted with a
+warning. Everything is reported through fast-reid's logger.
 """
 import logging
 import math
@@ -37,7 +39,9 @@ logger = logging.getLogger("fastreid." + __name__)
 MMCLS_GROUP_ORDER = (0, 2, 1, 3)
 _BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
 # parameters LewinViT adds to Swin: they start from their own init when a Swin file lacks them
-_NEW_IN_LEWINVIT = re.compile(r"(^cam_embed$|^view_embed$|\.mlp\.local\.)")
+_NEW_IN_LEWINVIT = re.compile(r"(^sie_embed$|\.mlp\.local\.)")
+# tensors of whole re-id models whose backbone is the `base.` part
+_REID_HEAD = re.compile(r"^(b1|b2|bottleneck|part_bns|classifier)\.")
 
 
 @dataclass
@@ -96,7 +100,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     for key, value in obj.items():
         if not torch.is_tensor(value):
             continue
-        for prefix in ("module.", "backbone."):
+        for prefix in ("module.", "backbone.", "base."):
             if key.startswith(prefix):
                 key = key[len(prefix):]
         state[key] = value
@@ -132,13 +136,18 @@ def solider_to_timm(state: Mapping[str, torch.Tensor], num_stages: int = 4) -> T
             out[f"layers.{m.group(1)}.blocks.{m.group(2)}.{rest}"] = value
         elif key.startswith("patch_embed."):
             out[key.replace("patch_embed.projection.", "patch_embed.proj.")] = value
+        elif key == "sie_embed":  # LWTGPF's [rows, 1, D]
+            out[key] = value.reshape(value.shape[0], -1)
         elif key.startswith(final_norm):
             out["norm." + key[len(final_norm):]] = value
         elif re.match(r"norm\d+\.", key):
-            unused[key] = "SOLIDER's per-stage output norms (only the last stage's is used)"
+            unused[key] = "SOLIDER's output norms of the earlier stages (not part of the model)"
         elif key.startswith("semantic_embed"):
             unused[key] = "SOLIDER's semantic-controller embeddings"
-        elif key.startswith(("head.", "heads.", "classifier.")):
+        elif _REID_HEAD.match(key):
+            unused[key] = ("re-id head of an LWTGPF / SOLIDER-REID model (to load a whole LWTGPF model, "
+                           "give it as MODEL.WEIGHTS)")
+        elif key.startswith(("head.", "heads.")):
             unused[key] = "classifier / projection head"
         else:
             unused[key] = "no matching tensor in LewinViT"
@@ -236,15 +245,21 @@ def load_pretrained(model: nn.Module, path: str, fmt: str = "auto") -> LoadRepor
     accepted, mismatched = {}, []
     for key, value in converted.items():
         if key not in own:
-            report.unused[key] = "no matching tensor in LewinViT"
+            report.unused[key] = ("final LayerNorm: the last stage ends without one "
+                                  "(MODEL.BACKBONE.LEWINVIT.FINAL_NORM False)" if key.startswith("last_stage.norm.")
+                                  else "no matching tensor in LewinViT")
             continue
         target = own[key]
         if value.shape != target.shape:
-            if key.endswith("relative_position_bias_table"):
+            if key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
                 attn = model.get_submodule(key.rsplit(".", 1)[0])
-                value = adapt_rel_pos_table(value, attn.window_size, target.shape)
+                try:
+                    value = adapt_rel_pos_table(value, attn.window_size, target.shape)
+                except ValueError as err:
+                    mismatched.append(f"{key}: {err}")
+                    continue
                 report.adapted.append(f"{key}: window resized to {attn.window_size}")
-            elif key in ("cam_embed", "view_embed") and value.dim() == 2 and value.shape[1] == target.shape[1]:
+            elif key == "sie_embed" and value.dim() == 2 and value.shape[1] == target.shape[1]:
                 value = adapt_embedding_table(value, target.shape[0], f"{key} in {path}")
                 report.adapted.append(f"{key}: {converted[key].shape[0]} -> {target.shape[0]} rows")
             else:

@@ -28,18 +28,15 @@ EVAL_FEATS = ("global", "global_parts")
 def stripe_pool(fmap: torch.Tensor, num_stripes: int) -> torch.Tensor:
     """Average an NCHW map over ``num_stripes`` horizontal stripes -> [num_stripes, B, C].
 
-    Rows are split like ``torch.tensor_split``: disjoint stripes, top to bottom, and when
-    ``H`` is not a multiple of ``num_stripes`` the first ``H % num_stripes`` stripes get one
-    row more (16 rows in 3 stripes: 6, 5, 5). 12 rows in 2 or 3 stripes are exact.
+    Stripe i covers rows floor(i H / g) to ceil((i + 1) H / g), top to bottom: adaptive average
+    pooling to (g, 1), as the original code pools. When ``H`` is a multiple of ``g`` (12 rows in 2
+    or 3 stripes) the stripes are disjoint and equal; otherwise neighbours share a row.
     """
     height = fmap.shape[2]
     if not 1 <= num_stripes <= height:
         raise ValueError(f"cannot split a feature map of {height} rows into {num_stripes} stripes "
                          f"(MODEL.HEADS.PART_GRANULARITIES must lie in [1, {height}])")
-    if height % num_stripes == 0:
-        b, c, _, w = fmap.shape
-        return fmap.reshape(b, c, num_stripes, height // num_stripes, w).mean((3, 4)).permute(2, 0, 1)
-    return torch.stack([stripe.mean((2, 3)) for stripe in fmap.tensor_split(num_stripes, dim=2)])
+    return F.adaptive_avg_pool2d(fmap, (num_stripes, 1)).flatten(2).permute(2, 0, 1)
 
 
 @REID_HEADS_REGISTRY.register()
