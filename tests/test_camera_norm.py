@@ -82,6 +82,19 @@ def test_single_image_camera_is_left_as_it_is():
     assert np.isfinite(out).all()
 
 
+def test_training_stops_early_on_an_unknown_mode():
+    from fastreid.config import get_cfg
+
+    from lwtgpf.config import add_lwtgpf_config
+    from lwtgpf.engine.hooks import ClusterHook
+
+    cfg = add_lwtgpf_config(get_cfg())
+    assert cfg.CLUSTER.CAMERA_NORM == "none"  # the published recipe by default
+    cfg.merge_from_list(["CLUSTER.CAMERA_NORM", "whiten"])
+    with pytest.raises(ValueError, match="CLUSTER.CAMERA_NORM.*'whiten'"):
+        ClusterHook(cfg, [])
+
+
 def test_bad_arguments():
     x, cams = features(n=10)
     with pytest.raises(ValueError, match="CLUSTER.CAMERA_NORM.*'centre'"):

@@ -14,7 +14,8 @@ Methods (each run is `tools/train_net.py`, as in `make demo`):
 A grid point sets DATASETS.SYNTHETIC.COLOUR_CAST / BACKGROUND_CONTRAST / BLUR_NOISE; --seed sets
 DATASETS.SYNTHETIC.SEED; KEY VALUE pairs after the options go to every run. A run whose
 `result.json` records the same command is reused, so an interrupted sweep goes on where it
-stopped. The markdown table goes to stdout and to <output-dir>/table.md.
+stopped (a run made with another command is moved aside). The markdown table goes to stdout and
+to <output-dir>/table.md.
 """
 import argparse
 import json
@@ -34,7 +35,7 @@ from lwtgpf.config import add_lwtgpf_config  # noqa: E402
 BASE = ROOT / "configs/LWTGPF/Base-LWTGPF.yml"
 
 # The config keys of the camera-bias remedies (docs/METHOD.md, "Additions beyond the original").
-REMEDY_KEYS = ("CLUSTER.CAMERA_NORM", "INPUT.CHANNEL_GAIN.ENABLED")
+REMEDY_KEYS = ("CLUSTER.CAMERA_NORM",)
 
 # Grid points: DATASETS.SYNTHETIC.* strengths. One bias at a time at three strengths (the
 # default set is the first strength of each), then all three at their strongest.
@@ -81,6 +82,10 @@ def run(method: str, run_dir: Path, opts: Sequence[str]) -> dict:
         done = json.loads(record.read_text())
         if done["command"] == command:
             return done["result"]
+    if run_dir.exists():  # another command's run: keep it aside, never mix two runs' logs
+        stale = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(stale)
+        print(f"[sweep] {run_dir} held another run; moved to {stale}", flush=True)
     start = time.time()
     if method == "untrained":
         result = {k: float(v) for k, v in untrained(config, opts).items()}

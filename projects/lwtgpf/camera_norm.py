@@ -15,7 +15,7 @@ from typing import Union
 import numpy as np
 import torch
 
-__all__ = ["CAMERA_NORM_MODES", "camera_normalise"]
+__all__ = ["CAMERA_NORM_MODES", "check_camera_norm", "camera_normalise"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -24,6 +24,14 @@ CAMERA_NORM_MODES = ("none", "center", "standardize")
 # Floor on a dimension's within-camera standard deviation, relative to its mean over cameras
 # and dimensions: a dimension that is constant in one camera must not be blown up.
 _STD_FLOOR = 1e-3
+
+
+def check_camera_norm(mode: str) -> str:
+    """`mode` if it is a known camera normalisation, else a ValueError naming the config key."""
+    if mode not in CAMERA_NORM_MODES:
+        raise ValueError(f"camera normalisation must be one of {CAMERA_NORM_MODES} (config key "
+                         f"CLUSTER.CAMERA_NORM), got {mode!r}")
+    return mode
 
 
 def camera_normalise(features: ArrayLike, cams: ArrayLike, mode: str = "none") -> ArrayLike:
@@ -37,10 +45,7 @@ def camera_normalise(features: ArrayLike, cams: ArrayLike, mode: str = "none") -
     The rows are L2-normalised afterwards by the clustering, as before. A camera with a single
     image becomes a zero row under centring; it is left as it was instead.
     """
-    if mode not in CAMERA_NORM_MODES:
-        raise ValueError(f"camera normalisation must be one of {CAMERA_NORM_MODES} (config key "
-                         f"CLUSTER.CAMERA_NORM), got {mode!r}")
-    if mode == "none":
+    if check_camera_norm(mode) == "none":
         return features
     if isinstance(features, torch.Tensor):
         x = features.detach().to("cpu", torch.float64).numpy()

@@ -52,10 +52,6 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.SOLVER.ITERS_PER_EPOCH = 200  # iterations per epoch (0: one pass over the training set)
     _C.SOLVER.WARMUP_EPOCHS = 10  # linear warm-up from SOLVER.WARMUP_FACTOR x BASE_LR, epoch-wise
     _C.SOLVER.LOG_PERIOD = 20  # iterations between console / metrics.json / TensorBoard writes
-    # Addition beyond the original: random white balance of training images (lwtgpf/data/transforms.py)
-    _C.INPUT.CHANNEL_GAIN = CN({"ENABLED": False})
-    _C.INPUT.CHANNEL_GAIN.PROB = 0.5  # chance that an image gets new channel gains
-    _C.INPUT.CHANNEL_GAIN.MAX_GAIN = 2.0  # gains log-uniform in [1 / MAX_GAIN, MAX_GAIN], per channel
     _C.DATASETS.CUSTOM_DIR = ""  # folder in Market-1501 layout, read by the MarketLayout dataset
     _C.DATASETS.CUHK03_VARIANT = "labeled"  # labeled | detected (CUHK03NP)
     _C.DATASETS.SYNTHETIC = CN()

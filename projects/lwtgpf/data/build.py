@@ -12,12 +12,12 @@ from fastreid.data.build import fast_batch_collator
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.samplers import InferenceSampler, NaiveIdentitySampler, TrainingSampler
+from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
 from torch.utils.data import BatchSampler, DataLoader
 
 from .io import read_image
 from .samplers import ClusterBalancedSampler, ProxyBalancedSampler
-from .transforms import build_transforms
 
 Item = Tuple[str, object, object]  # (image path, identity, camera), fast-reid's convention
 

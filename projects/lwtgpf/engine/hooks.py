@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..camera_norm import camera_normalise
+from ..camera_norm import camera_normalise, check_camera_norm
 from ..clustering import pseudo_labels
 from ..data.build import Item, build_inference_loader, build_pseudo_label_loader
 
@@ -119,10 +119,13 @@ class ClusterHook(HookBase):
 
     Features are extracted in eval mode with the test transform and the camera ids. The main
     process clusters and broadcasts the labels, so every process trains on the same proxies.
+    With CLUSTER.CAMERA_NORM the clustering sees the global features normalised per camera
+    (METHOD.md section 8); the memory is reset from the model's own features.
     """
 
     def __init__(self, cfg, items: List[Item]):
         self.cfg = cfg
+        self.camera_norm = check_camera_norm(cfg.CLUSTER.CAMERA_NORM)
         self.items = items
         self.cams = np.asarray([cam for _, _, cam in items], dtype=np.int64)
         self.gt = np.unique(np.asarray([str(pid) for _, pid, _ in items]), return_inverse=True)[1]
@@ -149,7 +152,7 @@ class ClusterHook(HookBase):
         features = self.extract(model)
         labels, stats = None, {}
         if comm.is_main_process():
-            labels = pseudo_labels(camera_normalise(features[0], self.cams, cfg.CAMERA_NORM), self.cams,
+            labels = pseudo_labels(camera_normalise(features[0], self.cams, self.camera_norm), self.cams,
                                    eps=cfg.EPS, min_samples=cfg.MIN_SAMPLES,
                                    k1=cfg.K1, k2=cfg.K2, knn_backend=cfg.KNN, stats=stats)
         if comm.get_world_size() > 1:
