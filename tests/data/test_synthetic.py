@@ -203,21 +203,25 @@ def test_cli(tmp_path, monkeypatch, capsys):
     assert "c2_tr2_te1_n2_s0" in out and "bounding_box_train" in out
 
 
-def test_camera_bias_and_identity_signal(tmp_path):
-    """Same id looks more alike within a camera than across, yet more alike than other ids across."""
-    folder = generate_synthetic(tmp_path, num_cameras=4, num_train_ids=16, num_test_ids=1, images_per_id=8)
+def _pixel_similarities(folder: Path):
+    """Mean pixel cosine of training images: same id and camera, same id across cameras, other
+    ids across cameras. Images are mean-centred: the shared mid-grey of muted scenery is no similarity."""
     paths = sorted((folder / "bounding_box_train").glob("*.jpg"))
     feats = np.stack([cv2.imread(str(p)).astype(np.float64).ravel() for p in paths])
-    feats -= feats.mean(0)  # mean-centred: the shared mid-grey of muted scenery is no similarity
+    feats -= feats.mean(0)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     sim = feats @ feats.T
     pids = np.array([int(p.name[:4]) for p in paths])
     cams = np.array([int(p.name[6]) for p in paths])
     same_id, same_cam = pids[:, None] == pids[None], cams[:, None] == cams[None]
     not_self = ~np.eye(len(paths), dtype=bool)
-    sid_scam = sim[same_id & same_cam & not_self].mean()
-    sid_xcam = sim[same_id & ~same_cam].mean()
-    did_xcam = sim[~same_id & ~same_cam].mean()
+    return sim[same_id & same_cam & not_self].mean(), sim[same_id & ~same_cam].mean(), sim[~same_id & ~same_cam].mean()
+
+
+def test_camera_bias_and_identity_signal(tmp_path):
+    """Same id looks more alike within a camera than across, yet more alike than other ids across."""
+    folder = generate_synthetic(tmp_path, num_cameras=4, num_train_ids=16, num_test_ids=1, images_per_id=8)
+    sid_scam, sid_xcam, did_xcam = _pixel_similarities(folder)
     assert sid_scam > sid_xcam + 0.1
     assert sid_xcam > did_xcam + 0.1
 
@@ -263,17 +267,8 @@ def test_colour_cast_tints_the_whole_image():
 
 
 def _camera_margin(folder: Path) -> float:
-    """Mean pixel cosine of one identity within a camera minus across cameras (mean-centred images)."""
-    paths = sorted((folder / "bounding_box_train").glob("*.jpg"))
-    feats = np.stack([cv2.imread(str(p)).astype(np.float64).ravel() for p in paths])
-    feats -= feats.mean(0)
-    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
-    sim = feats @ feats.T
-    pids = np.array([int(p.name[:4]) for p in paths])
-    cams = np.array([int(p.name[6]) for p in paths])
-    same_id, same_cam = pids[:, None] == pids[None], cams[:, None] == cams[None]
-    not_self = ~np.eye(len(paths), dtype=bool)
-    return sim[same_id & same_cam & not_self].mean() - sim[same_id & ~same_cam].mean()
+    sid_scam, sid_xcam, _ = _pixel_similarities(folder)
+    return sid_scam - sid_xcam
 
 
 def test_colour_cast_and_scenery_make_the_camera_bias_stronger(tmp_path):
