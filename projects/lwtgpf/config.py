@@ -23,6 +23,16 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.MODEL.BACKBONE.NUM_CAMERAS = 0  # SIE camera embeddings (0: no camera embedding)
     _C.MODEL.BACKBONE.NUM_VIEWS = 0  # SIE view embeddings (0: none; with cameras, one row per camera-view pair)
 
+    # ---------------- TransReID ViT (TMGF's backbone; also reads the fast-reid keys above) ----------------
+    _C.MODEL.BACKBONE.VIT = CN()
+    _C.MODEL.BACKBONE.VIT.EMBED_DIM = 384  # token width (ViT-S)
+    _C.MODEL.BACKBONE.VIT.DEPTH = 12  # blocks; the last one (and the final norm) is the last stage
+    _C.MODEL.BACKBONE.VIT.NUM_HEADS = 6  # attention heads
+    _C.MODEL.BACKBONE.VIT.PATCH_SIZE = 16  # side of the non-overlapping patches, in pixels
+    _C.MODEL.BACKBONE.VIT.MLP_RATIO = 4.0  # feed-forward hidden width / token width
+    _C.MODEL.BACKBONE.VIT.STEM_CONV = False  # TransReID-SSL's IBN convolutional stem (its "ics" checkpoints)
+    _C.MODEL.BACKBONE.VIT.PRETRAIN_HW_RATIO = 2  # height / width of the pretrained file's position grid
+
     # ---------------- Global-part head ----------------
     _C.MODEL.HEADS.PART_GRANULARITIES = [2, 3]  # horizontal stripes of branch 1, branch 2
     _C.MODEL.HEADS.GLOBAL_FEAT = "mean"  # mean | b1 | b2: which branch gives the global feature

@@ -77,15 +77,11 @@ def ref_window_attention(x, qkv_w, qkv_b, proj_w, proj_b, table, heads, window, 
                 tokens = padded[n, top:top + window, left:left + window].reshape(-1, c)
                 lab = labels[top:top + window, left:left + window].reshape(-1)
                 mask = torch.where(lab[:, None] == lab[None, :], 0.0, -100.0)
-                qkv = tokens @ qkv_w.T + qkv_b
-                heads_out = []
-                for head in range(heads):
-                    q = qkv[:, head * d:(head + 1) * d]
-                    k = qkv[:, c + head * d:c + (head + 1) * d]
-                    v = qkv[:, 2 * c + head * d:2 * c + (head + 1) * d]
-                    scores = q @ k.T / math.sqrt(d) + table[index, head] + mask
-                    heads_out.append(torch.softmax(scores, dim=-1) @ v)
-                result = torch.cat(heads_out, dim=1) @ proj_w.T + proj_b
+                # q, k, v: [heads, tokens, d]; channel s * C + head * d + j of the qkv projection
+                q, k, v = (tokens @ qkv_w.T + qkv_b).reshape(-1, 3, heads, d).permute(1, 2, 0, 3)
+                scores = q @ k.transpose(1, 2) / math.sqrt(d) + table[index].permute(2, 0, 1) + mask
+                heads_out = torch.softmax(scores, dim=-1) @ v
+                result = heads_out.permute(1, 0, 2).reshape(-1, c) @ proj_w.T + proj_b
                 out[n, top:top + window, left:left + window] = result.reshape(window, window, c)
     if shift:
         out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
@@ -272,6 +268,28 @@ def test_conversion_uses_every_tensor_and_gives_the_original_features():
         (16, (2, 2, 2, 2), HEADS, 4, 5)
     assert info.size is None and info.config_overrides() == SMALL_OVERRIDES + ["MODEL.BACKBONE.NUM_VIEWS", "0"]
     assert_original_features(model, checkpoint, cfg)
+
+
+@pytest.mark.slow
+def test_lewinvit_small_original_checkpoint_at_384x128():
+    """The published size (LewinViT-S, 6 cameras, configs/LWTGPF/market.yml as it is), random original weights."""
+    checkpoint = random_original_checkpoint(embed=96, depths=(2, 2, 18, 2), heads=(3, 6, 12, 24), cameras=6, seed=11)
+    cfg = market_cfg()
+    model = build_model(cfg)
+    converted, info = convert_original(original_state_dict(checkpoint))
+    assert info.config_overrides() == ["MODEL.BACKBONE.LEWINVIT.SIZE", "small", "MODEL.BACKBONE.NUM_CAMERAS", "6",
+                                       "MODEL.BACKBONE.NUM_VIEWS", "0"]
+    model.load_state_dict(converted, strict=True)
+    raw, normalised, _ = images_and_cams(cfg)
+    cams = torch.tensor([5, 2])
+    with torch.no_grad():
+        ref_global, ref_parts = ref_original_features(original_state_dict(checkpoint), normalised, cams,
+                                                      (3, 6, 12, 24))
+        feats = model.eval().extract_features({"images": raw, "camids": cams})
+    print(f"max |difference| global {(feats[0] - ref_global).abs().max():.2e}, "
+          f"parts {(feats[1:] - ref_parts).abs().max():.2e}")
+    torch.testing.assert_close(feats[0], ref_global, atol=1e-5, rtol=0)
+    torch.testing.assert_close(feats[1:], ref_parts, atol=1e-5, rtol=0)
 
 
 def test_convert_weights_tool_then_eval_only_loading(tmp_path, capsys):

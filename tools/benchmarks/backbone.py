@@ -16,6 +16,7 @@ over the timed loop (weights included).
 """
 import argparse
 import contextlib
+import statistics
 import time
 from typing import Callable, List, Optional
 
@@ -48,23 +49,30 @@ def _models(size: str, img_size: tuple) -> List[tuple]:
     return [ours.forward, plain.forward, swin.forward_features], [ours, plain, swin]
 
 
-def _time(fn: Callable, x: torch.Tensor, iters: int, warmup: int, dtype: Optional[torch.dtype]) -> tuple:
+def _time_all(fns: List[Callable], x: torch.Tensor, iters: int, warmup: int,
+              dtype: Optional[torch.dtype]) -> List[tuple]:
+    """(images/s, peak MiB) of each function. The functions take turns, one call each per round, so
+    that load drifting on a shared machine hits them alike; the rate comes from the median call."""
     cuda = x.device.type == "cuda"
     cast = torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    times = [[] for _ in fns]
+    peaks = [0.0 if cuda else float("nan")] * len(fns)  # CPU memory is not measured
     with torch.inference_mode(), cast:
-        for _ in range(warmup):  # includes compilation for compiled functions
-            fn(x)
-        if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
+        for fn in fns:
+            for _ in range(warmup):  # includes compilation for compiled functions
+                fn(x)
         for _ in range(iters):
-            fn(x)
-        if cuda:
-            torch.cuda.synchronize()
-        elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else float("nan")
-    return x.shape[0] * iters / elapsed, peak
+            for i, fn in enumerate(fns):
+                if cuda:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                start = time.perf_counter()
+                fn(x)
+                if cuda:
+                    torch.cuda.synchronize()
+                    peaks[i] = max(peaks[i], torch.cuda.max_memory_allocated() / 2 ** 20)
+                times[i].append(time.perf_counter() - start)
+    return [(x.shape[0] / statistics.median(t), peak) for t, peak in zip(times, peaks)]
 
 
 def _mib(value: float) -> str:
@@ -78,7 +86,7 @@ def main(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     img_size = tuple(int(v) for v in args.img.lower().split("x"))
     cuda = device.type == "cuda"
-    iters = args.iters or (20 if cuda else 2)
+    iters = args.iters or (20 if cuda else 3)
     warmup = 3 if cuda else 1
     sizes = [s for s in args.sizes.split(",") if s]
     compile_sizes = {s for s in args.compile_sizes.split(",") if s} if cuda else set()
@@ -101,11 +109,9 @@ def main(args: argparse.Namespace) -> None:
             module.to(device).eval()
         for name, dtype in settings:
             for compiled in ([False, True] if size in compile_sizes else [False]):
-                results = []
-                for fn in fns:
-                    torch._dynamo.reset()
-                    results.append(_time(torch.compile(fn) if compiled else fn, x, iters, warmup, dtype))
-                (ours, ours_mem), (plain, plain_mem), (ref, ref_mem) = results
+                torch._dynamo.reset()
+                (ours, ours_mem), (plain, plain_mem), (ref, ref_mem) = _time_all(
+                    [torch.compile(fn) for fn in fns] if compiled else fns, x, iters, warmup, dtype)
                 print(f"| {size} | {name} | {'yes' if compiled else 'no'} | {ours:.1f} | {plain:.1f} | {ref:.1f} | "
                       f"{plain / ref:.2f} | {ours / plain:.2f} | {_mib(ours_mem)} | {_mib(plain_mem)} | "
                       f"{_mib(ref_mem)} |", flush=True)

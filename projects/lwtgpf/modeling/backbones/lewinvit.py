@@ -46,6 +46,7 @@ from fastreid.config import CfgNode
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 
 from .pretrained import load_pretrained
+from .side_info import checked_ids
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -283,31 +284,19 @@ class LewinViT(nn.Module):
         """Parameter names timm's Swin recipe keeps out of weight decay."""
         return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
 
-    @staticmethod
-    def _checked_ids(ids: torch.Tensor, size: int, what: str, key: str) -> torch.Tensor:
-        if ids.dim() != 1:
-            raise ValueError(f"{what} ids must be a 1-D tensor [B], got shape {tuple(ids.shape)}")
-        if not torch.compiler.is_compiling():  # a host sync; skipped so compiled graphs stay whole
-            low, high = torch.aminmax(ids)
-            bad = [v for v in (int(low), int(high)) if not 0 <= v < size]
-            if bad:
-                raise ValueError(f"{what} id {bad[0]} out of range: {key} is {size}, "
-                                 f"so ids must lie in 0..{size - 1}")
-        return ids.long()
-
     def _sie_rows(self, cam_ids: Optional[torch.Tensor], view_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Row of the SIE table per sample, or None when no embedding applies."""
         if self.num_cameras and cam_ids is not None:
-            cams = self._checked_ids(cam_ids, self.num_cameras, "camera", "MODEL.BACKBONE.NUM_CAMERAS")
+            cams = checked_ids(cam_ids, self.num_cameras, "camera", "MODEL.BACKBONE.NUM_CAMERAS")
             if not self.num_views:
                 return cams
             if view_ids is None:
                 raise ValueError("this LewinViT has one SIE row per (camera, view) pair "
                                  "(MODEL.BACKBONE.NUM_VIEWS > 0): pass view ids with the camera ids")
-            return cams * self.num_views + self._checked_ids(view_ids, self.num_views, "view",
+            return cams * self.num_views + checked_ids(view_ids, self.num_views, "view",
                                                              "MODEL.BACKBONE.NUM_VIEWS")
         if self.num_views and not self.num_cameras and view_ids is not None:
-            return self._checked_ids(view_ids, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS")
+            return checked_ids(view_ids, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS")
         return None
 
     def forward_trunk(

@@ -27,7 +27,7 @@ import re
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -218,6 +218,54 @@ def adapt_rel_pos_table(table: torch.Tensor, new_window: Tuple[int, int], new_sh
     return resize_rel_pos_bias_table(table, new_window_size=new_window, new_bias_shape=tuple(new_shape))
 
 
+Adapter = Callable[[str, torch.Tensor, torch.Tensor], Optional[Tuple[torch.Tensor, str]]]
+
+
+def load_matching(model: nn.Module, converted: Mapping[str, torch.Tensor], report: LoadReport, model_name: str,
+                  fit_hint: str, adapt: Optional[Adapter] = None,
+                  unused_reason: Callable[[str], str] = lambda key: "") -> Dict[str, torch.Tensor]:
+    """Load the tensors of `converted` (already in the model's names) that fit `model`, fill `report`
+    and return what was loaded.
+
+    A tensor of another shape is adapted: a camera table (`sie_embed` [rows, D]) by rows, anything
+    else by `adapt(key, value, target)`, which returns (new value, what was done) or None. Keys the
+    model lacks go to `report.unused` with `unused_reason(key)` (or a generic reason). Raises a
+    ValueError naming the file, with `fit_hint`, when a tensor cannot be adapted or nothing fits.
+    """
+    own = model.state_dict()
+    accepted, mismatched = {}, []
+    for key, value in converted.items():
+        if key not in own:
+            report.unused[key] = unused_reason(key) or f"no matching tensor in {model_name}"
+            continue
+        target = own[key]
+        if value.shape != target.shape:
+            try:
+                if key == "sie_embed" and value.dim() == 2 and value.shape[1] == target.shape[1]:
+                    fitted = (adapt_embedding_table(value, target.shape[0], f"{key} in {report.path}"),
+                              f"{value.shape[0]} -> {target.shape[0]} rows")
+                else:
+                    fitted = adapt(key, value, target) if adapt is not None else None
+            except ValueError as err:
+                mismatched.append(f"{key}: {err}")
+                continue
+            if fitted is None:
+                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target.shape)}")
+                continue
+            value, what = fitted
+            report.adapted.append(f"{key}: {what}")
+        accepted[key] = value
+    if mismatched:
+        raise ValueError(f"pretrained weights {report.path} do not fit this {model_name} ({report.format} format; "
+                         f"{fit_hint}): " + "; ".join(mismatched[:5]))
+    if not accepted:
+        raise ValueError(f"pretrained weights {report.path} fit nothing in {model_name} ({report.format} format; "
+                         f"{fit_hint}); first keys: {list(converted)[:5]}")
+    model.load_state_dict(accepted, strict=False)
+    report.loaded = list(accepted)
+    return accepted
+
+
 def load_pretrained(model: nn.Module, path: str, fmt: str = "auto") -> LoadReport:
     """Load a SOLIDER or timm Swin file into a LewinViT, log the report and return it.
 
@@ -241,40 +289,19 @@ def load_pretrained(model: nn.Module, path: str, fmt: str = "auto") -> LoadRepor
     converted, unused = timm_to_lewinvit(state)
     report.unused.update(unused)
 
-    own = model.state_dict()
-    accepted, mismatched = {}, []
-    for key, value in converted.items():
-        if key not in own:
-            report.unused[key] = ("final LayerNorm: the last stage ends without one "
-                                  "(MODEL.BACKBONE.LEWINVIT.FINAL_NORM False)" if key.startswith("last_stage.norm.")
-                                  else "no matching tensor in LewinViT")
-            continue
-        target = own[key]
-        if value.shape != target.shape:
-            if key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
-                attn = model.get_submodule(key.rsplit(".", 1)[0])
-                try:
-                    value = adapt_rel_pos_table(value, attn.window_size, target.shape)
-                except ValueError as err:
-                    mismatched.append(f"{key}: {err}")
-                    continue
-                report.adapted.append(f"{key}: window resized to {attn.window_size}")
-            elif key == "sie_embed" and value.dim() == 2 and value.shape[1] == target.shape[1]:
-                value = adapt_embedding_table(value, target.shape[0], f"{key} in {path}")
-                report.adapted.append(f"{key}: {converted[key].shape[0]} -> {target.shape[0]} rows")
-            else:
-                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target.shape)}")
-                continue
-        accepted[key] = value
-    if mismatched:
-        raise ValueError(f"pretrained weights {path} ({fmt} format) do not fit this LewinViT "
-                         f"(check MODEL.BACKBONE.LEWINVIT.SIZE / EMBED_DIM / DEPTHS): " + "; ".join(mismatched[:5]))
-    if not accepted:
-        raise ValueError(f"pretrained weights {path} fit nothing in LewinViT ({fmt} format); "
-                         f"first keys: {list(converted)[:5]}")
-    model.load_state_dict(accepted, strict=False)
-    report.loaded = list(accepted)
-    for key in own:
+    def adapt(key: str, value: torch.Tensor, target: torch.Tensor) -> Optional[Tuple[torch.Tensor, str]]:
+        if key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
+            window = model.get_submodule(key.rsplit(".", 1)[0]).window_size
+            return adapt_rel_pos_table(value, window, target.shape), f"window resized to {window}"
+        return None
+
+    accepted = load_matching(
+        model, converted, report, "LewinViT", adapt=adapt,
+        unused_reason=lambda key: ("final LayerNorm: the last stage ends without one "
+                                   "(MODEL.BACKBONE.LEWINVIT.FINAL_NORM False)" if key.startswith("last_stage.norm.")
+                                   else ""),
+        fit_hint="check MODEL.BACKBONE.LEWINVIT.SIZE / EMBED_DIM / DEPTHS")
+    for key in model.state_dict():
         if key not in accepted:
             (report.new if _NEW_IN_LEWINVIT.search(key) else report.missing).append(key)
     logger.info(report.summary())

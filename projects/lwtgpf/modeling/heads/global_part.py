@@ -1,12 +1,12 @@
 """Dual-branch global-part head (METHOD.md section 2).
 
 Each branch is an independent copy of the backbone's last stage, fed the trunk output.
-A branch gives one global feature (mean over all tokens) and ``g`` part features (means
-over ``g`` horizontal stripes); the global features of the branches are merged, then
-every feature gets its own BNNeck and L2 normalisation.
+A branch gives one global feature (mean over all tokens; a ViT's class token, as in TMGF)
+and ``g`` part features (means over ``g`` horizontal stripes); the global features of the
+branches are merged, then every feature gets its own BNNeck and L2 normalisation.
 """
 import copy
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,19 @@ __all__ = ["GlobalPartHead", "stripe_pool"]
 
 GLOBAL_FEATS = ("mean", "b1", "b2")
 EVAL_FEATS = ("global", "global_parts")
+
+
+def branch_features(branch: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(global feature [B, C], NCHW map) of one branch on the trunk output ``x``.
+
+    A branch with a class token gives it as the global feature through
+    ``forward_global_and_map`` (the ViT of TMGF); otherwise the global feature is the mean of the
+    map over all tokens (LewinViT, METHOD.md section 2; ResNet).
+    """
+    if hasattr(branch, "forward_global_and_map"):
+        return branch.forward_global_and_map(x)
+    fmap = branch(x)
+    return fmap.mean((2, 3)), fmap
 
 
 def stripe_pool(fmap: torch.Tensor, num_stripes: int) -> torch.Tensor:
@@ -127,11 +140,11 @@ class GlobalPartHead(nn.Module):
         """Trunk output -> L2-normalised global and part features [1+P, B, C], global first."""
         globals_, parts = [], []
         for b, (branch, g) in enumerate(zip(self.branches, self.granularities)):
-            fmap = branch(x)
+            glob, fmap = branch_features(branch, x)
             if fmap.dim() != 4 or fmap.shape[1] != self.feat_dim:
                 raise ValueError(f"branch {b + 1} (a copy of the backbone's last stage) must give "
                                  f"[B, {self.feat_dim}, h, w], got {tuple(fmap.shape)}")
-            globals_.append(fmap.mean((2, 3)))
+            globals_.append(glob)
             parts.append(stripe_pool(fmap, g))
         if self.global_feat == "mean":
             glob = torch.stack(globals_).mean(0)
