@@ -165,6 +165,16 @@ class ClusterHook(HookBase):
 
     def _report(self, epoch: int, cluster_labels: np.ndarray, proxy_labels: np.ndarray,
                 stats: Dict[str, float]) -> None:
+        # Share of clusters that join two cameras or more (a proxy is one camera of one cluster).
+        kept = proxy_labels >= 0
+        proxy_cluster = np.zeros(int(proxy_labels.max()) + 1, dtype=np.int64)
+        proxy_cluster[proxy_labels[kept]] = cluster_labels[kept]
+        stats["cross_camera"] = float((np.bincount(proxy_cluster) > 1).mean())
+        if stats["cross_camera"] < 0.1 and len(np.unique(self.cams)) > 1:
+            hint = (" If this lasts, try CLUSTER.CAMERA_NORM center (docs/METHOD.md, section 8)."
+                    if self.camera_norm == "none" else "")
+            logger.warning(f"Epoch {epoch}: only {100 * stats['cross_camera']:.0f}% of the clusters join several "
+                           f"cameras: the pseudo labels follow the cameras, not the people.{hint}")
         # Outliers count as singletons: pseudo labels that leave images out must not look better.
         outlier = cluster_labels < 0
         singleton = np.where(outlier, cluster_labels.max() + 1 + np.arange(len(cluster_labels)), cluster_labels)
