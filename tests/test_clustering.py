@@ -1,4 +1,9 @@
 """lwtgpf.clustering against dense NumPy references written from METHOD.md section 3."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,6 +12,7 @@ from sklearn.cluster import DBSCAN
 import lwtgpf  # noqa: F401
 from lwtgpf import clustering
 from lwtgpf.clustering import EPS_TOLERANCE, NoClustersError
+from lwtgpf.knn import KnnSearch
 
 
 def blobs(n=240, dim=32, ids=12, noise=20, seed=0):
@@ -159,3 +165,72 @@ def test_bad_input_messages():
     x[3] = 0
     with pytest.raises(ValueError, match="row 3 is all zeros"):
         clustering.jaccard_distance(x)
+
+
+DISTRIBUTED = '''
+import sys
+import numpy as np
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import lwtgpf
+from lwtgpf import clustering
+from lwtgpf.knn import KnnSearch
+
+SEARCHES = {"torch": KnnSearch("torch"), "approx": KnnSearch("approx", nlist=6, nprobe=2, recall_sample=50)}
+
+
+def worker(rank, world, init, out):
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    x, cams = np.load(f"{out}/x.npy"), np.load(f"{out}/cams.npy")
+    for name, search in SEARCHES.items():
+        stats = {}
+        labels = clustering.pseudo_labels(x, cams, eps=0.6, knn_backend=search, stats=stats, distributed=True)
+        np.save(f"{out}/{name}_{rank}.npy", np.stack(labels))
+        assert bool(stats) == (rank == 0)
+    try:  # process 0 fails: every process raises instead of waiting for labels
+        clustering.pseudo_labels(x, cams, eps=0.01, distributed=True)
+    except clustering.NoClustersError:
+        assert rank == 0
+    except RuntimeError as e:
+        assert rank == 1 and "process 0" in str(e)
+    else:
+        raise AssertionError("no error")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.spawn(worker, args=(2, "file://" + sys.argv[1], sys.argv[2]), nprocs=2)
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_labels_of_one(tmp_path):
+    x, cams = blobs(n=301, seed=13)  # an odd N: the processes' shares differ in size
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "cams.npy", cams)
+    script = tmp_path / "labels.py"
+    script.write_text(textwrap.dedent(DISTRIBUTED))
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "rendezvous"), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    searches = {"torch": KnnSearch("torch"), "approx": KnnSearch("approx", nlist=6, nprobe=2, recall_sample=50)}
+    for name, search in searches.items():
+        expected = np.stack(clustering.pseudo_labels(x, cams, eps=0.6, knn_backend=search))
+        assert expected[0].max() > 3
+        for rank in range(2):
+            assert np.array_equal(np.load(tmp_path / f"{name}_{rank}.npy"), expected), (name, rank)
+
+
+def test_unit_float32_features_are_not_copied():
+    x, _ = blobs(n=50)
+    unit = torch.from_numpy((x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)).astype(np.float32))
+    assert clustering._normalised(unit).data_ptr() == unit.data_ptr()  # the same memory
+    assert clustering._normalised(unit.numpy()).data_ptr() == unit.data_ptr()
+    other = clustering._normalised(torch.from_numpy(x))
+    assert torch.equal(other, unit) and other.data_ptr() != unit.data_ptr()
+    almost = unit.clone()
+    almost[40] *= 1.01  # one row off: a normalised copy
+    fixed = clustering._normalised(almost)
+    assert fixed.data_ptr() != almost.data_ptr() and torch.allclose(fixed, unit, atol=1e-7)
+    assert torch.equal(fixed[:40], unit[:40]) and torch.equal(almost[:40], unit[:40])

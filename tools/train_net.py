@@ -5,6 +5,8 @@
     python tools/train_net.py --config-file configs/LWTGPF/market.yml --eval-only MODEL.WEIGHTS logs/market/model_final.pth
     python tools/train_net.py --config-file configs/LWTGPF/market.yml --resume
     python tools/train_net.py --config-file configs/LWTGPF/market.yml --num-gpus 4
+    torchrun --nproc-per-node 4 tools/train_net.py --config-file configs/LWTGPF/market.yml
+    torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --master-addr HOST --master-port 29500 tools/train_net.py ...
 """
 import lwtgpf  # noqa: F401  (fixes fastreid's imports, registers our modules)
 from fastreid.config import get_cfg

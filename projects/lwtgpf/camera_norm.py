@@ -21,8 +21,8 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 
 CAMERA_NORM_MODES = ("none", "center", "standardize")
 
-# Floor on a dimension's within-camera standard deviation, relative to its mean over cameras
-# and dimensions: a dimension that is constant in one camera must not be blown up.
+# Floor on a dimension's within-camera standard deviation, relative to the camera's average
+# one: a dimension that is constant in one camera must not be blown up.
 _STD_FLOOR = 1e-3
 
 
@@ -38,34 +38,31 @@ def camera_normalise(features: ArrayLike, cams: ArrayLike, mode: str = "none") -
     """Features [N, D] with what every camera shares removed; `cams` [N] camera ids.
 
     - "none": `features` itself, untouched (the published method);
-    - "center": each row minus the mean of its camera's rows (in float64, returned as float32);
+    - "center": each row minus the mean of its camera's rows;
     - "standardize": centred, then every dimension divided by its standard deviation within the
-      camera (floored at 1e-3 of the average one).
+      camera (floored at 1e-3 of the camera's average one).
 
-    The rows are L2-normalised afterwards by the clustering, as before. A camera with a single
-    image becomes a zero row under centring; it is left as it was instead.
+    Computed in float64 camera by camera, on the device of `features`, with fixed-order reductions
+    (every process of a distributed run gets the same result); returned as float32, a tensor on
+    that device for a tensor, else a NumPy array. The rows are L2-normalised afterwards by the
+    clustering, as before. A camera with a single image would become a zero row under centring;
+    it is left as it was instead.
     """
     if check_camera_norm(mode) == "none":
         return features
-    if isinstance(features, torch.Tensor):
-        x = features.detach().to("cpu", torch.float64).numpy()
-    else:
-        x = np.asarray(features, dtype=np.float64)
-    cams = np.asarray(cams.cpu() if isinstance(cams, torch.Tensor) else cams)
-    if x.ndim != 2 or cams.shape != (x.shape[0],):
-        raise ValueError(f"features must be [N, D] and cams [N], got shapes {x.shape} and {cams.shape}")
-    ids, inverse, counts = np.unique(cams, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    sums = np.zeros((ids.size, x.shape[1]))
-    np.add.at(sums, inverse, x)
-    means = sums / counts[:, None]
-    out = x - means[inverse]
-    if mode == "standardize":
-        sq = np.zeros_like(sums)
-        np.add.at(sq, inverse, out * out)
-        std = np.sqrt(sq / counts[:, None])
-        std = np.maximum(std, _STD_FLOOR * std.mean())
-        out /= std[inverse]
-    single = counts[inverse] == 1
-    out[single] = x[single]
-    return out.astype(np.float32)
+    x = features.detach() if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
+    cam_ids = torch.as_tensor(np.asarray(cams.cpu() if isinstance(cams, torch.Tensor) else cams))
+    if x.ndim != 2 or tuple(cam_ids.shape) != (x.shape[0],):
+        raise ValueError(f"features must be [N, D] and cams [N], got shapes {tuple(x.shape)} and "
+                         f"{tuple(cam_ids.shape)}")
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    for cam in torch.unique(cam_ids):
+        rows = torch.nonzero(cam_ids == cam).squeeze(1).to(x.device)
+        block = x[rows].to(torch.float64)
+        if len(rows) > 1:
+            block -= block.mean(0)
+            if mode == "standardize":
+                std = block.square().mean(0).sqrt()
+                block /= std.clamp_min(_STD_FLOOR * std.mean())
+        out[rows] = block.to(torch.float32)
+    return out if isinstance(features, torch.Tensor) else out.numpy()

@@ -6,15 +6,20 @@ matrices only: memory grows with N times the neighbourhood size, never with N x 
 whose distance is below a threshold are returned; pairs that share no expanded neighbour have
 distance exactly 1 and are never stored.
 """
+import contextlib
 import logging
 import time
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from scipy import sparse
 from sklearn.cluster import DBSCAN
 from sklearn.neighbors import sort_graph_by_row_values
+
+from .distributed import all_gather_rows, collective_device
+from .knn import KnnSearch, recall, sample_rows, split_rows
 
 __all__ = [
     "NoClustersError",
@@ -36,6 +41,8 @@ EPS_TOLERANCE = 1e-6
 # order does not depend on the backend's float32 rounding.
 _KNN_MARGIN = 10
 _ROW_CHUNK = 1024  # rows per block in the neighbour-list steps
+STAGES = ("knn", "jaccard", "dbscan", "proxies")
+_FAILED = -2  # label broadcast by process 0 when it could not compute the labels
 _PAIR_CHUNK = 1 << 15  # feature pairs per block when gathering cosines
 _OVERLAP_CHUNK = 1 << 22  # (row, partner) products per block of the overlap step
 
@@ -44,50 +51,70 @@ class NoClustersError(RuntimeError):
     """DBSCAN found no cluster at all; the message holds distance statistics and a suggested eps."""
 
 
-def _normalised(features: ArrayLike) -> np.ndarray:
-    """`features` [N, D] with rows L2-normalised in float64, then stored as float32.
+def _host_peak_gb(reset: bool = False) -> float:
+    """This process's peak resident memory (Linux VmHWM) in GB, nan where unknown; `reset` starts
+    a new peak from the current size."""
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2 ** 20
+    except OSError:
+        pass
+    return float("nan")
+
+
+@contextlib.contextmanager
+def _stage(name: str, values: Dict[str, float]) -> Iterator[None]:
+    """Record a stage's wall time and peak host / CUDA memory in `values` (`<name>_seconds`, ...)."""
+    cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    _host_peak_gb(reset=True)
+    start = time.perf_counter()
+    yield
+    if cuda:
+        torch.cuda.synchronize()
+        values[f"{name}_device_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+    values[f"{name}_seconds"] = time.perf_counter() - start
+    values[f"{name}_host_gb"] = _host_peak_gb()
+
+
+def _normalised(features: ArrayLike) -> torch.Tensor:
+    """`features` [N, D] with rows L2-normalised in float64, then stored as float32, on the
+    features' device (CPU for numpy input); converted in blocks, so no float64 copy of the whole,
+    and float32 features that already are exactly that are used as they are, without a copy.
 
     Every cosine below is the float64 dot product of these float32 rows (exact products,
     float64 sums), so the result does not depend on the search backend's rounding."""
-    if isinstance(features, torch.Tensor):
-        x = features.detach().to("cpu", torch.float64).numpy()
-    else:
-        x = np.array(features, dtype=np.float64)
+    x = features.detach() if isinstance(features, torch.Tensor) else torch.from_numpy(np.asarray(features))
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
         raise ValueError(f"features must be a non-empty [N, D] matrix, got shape {tuple(x.shape)}")
-    if not np.isfinite(x).all():
-        bad = np.flatnonzero(~np.isfinite(x).all(1))
-        raise ValueError(f"features hold NaN or inf in {bad.size} rows (first: row {bad[0]})")
-    norms = np.sqrt(np.einsum("nd,nd->n", x, x))[:, None]
-    if (norms == 0).any():
-        raise ValueError(f"features row {np.flatnonzero(norms[:, 0] == 0)[0]} is all zeros; cosine is undefined")
-    x /= norms
-    return x.astype(np.float32)
+    out = x if x.dtype == torch.float32 else torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    step = max(1, (1 << 24) // x.shape[1])
+    for start in range(0, x.shape[0], step):
+        block = x[start:start + step].to(torch.float64)
+        if not torch.isfinite(block).all():
+            bad = torch.nonzero(~torch.isfinite(x).all(1)).flatten()
+            raise ValueError(f"features hold NaN or inf in {bad.numel()} rows (first: row {int(bad[0])})")
+        norms = block.norm(dim=1, keepdim=True)
+        if (norms == 0).any():
+            raise ValueError(f"features row {start + int(torch.nonzero(norms[:, 0] == 0)[0])} is all zeros; "
+                             "cosine is undefined")
+        block = (block / norms).to(torch.float32)
+        if out is x and not torch.equal(block, x[start:start + step]):
+            out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+            out[:start] = x[:start]
+        if out is not x:
+            out[start:start + step] = block
+    return out
 
 
-def _search_faiss(x32: np.ndarray, c: int) -> np.ndarray:
-    try:
-        import faiss
-    except ImportError as e:
-        raise ImportError("knn backend 'faiss' needs the faiss package (faiss-cpu or faiss-gpu); "
-                          "install it or set CLUSTER.KNN to 'torch'") from e
-
-    index = faiss.IndexFlatIP(x32.shape[1])
-    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0 and torch.cuda.is_available():
-        resources = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(resources, 0, index)
-    index.add(x32)
-    _, idx = index.search(x32, c)
-    return idx.astype(np.int64)
-
-
-def _search_torch(x32: np.ndarray, c: int, device: torch.device) -> np.ndarray:
-    x = torch.from_numpy(x32).to(device)
-    out = []
-    for start in range(0, x.shape[0], _ROW_CHUNK):
-        sim = x[start:start + _ROW_CHUNK] @ x.T
-        out.append(sim.topk(c, dim=1).indices.cpu())
-    return torch.cat(out).numpy().astype(np.int64)
+def _search(knn_backend: Union[str, KnnSearch]) -> KnnSearch:
+    return knn_backend if isinstance(knn_backend, KnnSearch) else KnnSearch(knn_backend)
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -95,54 +122,58 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("...d,...d->...", a, b, dtype=np.float64)
 
 
-def _knn(x: np.ndarray, k: int, backend: str, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
-    """Neighbour indices [N, k] (see `knn`) and their float64 cosines [N, k] (inf for the row itself)."""
+def _knn(x: torch.Tensor, k: int, search: KnnSearch, rows: Optional[torch.Tensor] = None,
+         centroids: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Neighbour indices [R, k] (see `knn`) of the query `rows` (default: all) of the unit rows `x`,
+    and their float64 cosines [R, k] (inf for the row itself)."""
     n = x.shape[0]
+    rows = torch.arange(n, device=x.device) if rows is None else rows.to(x.device)
     k = min(k, n)
     c = min(k + _KNN_MARGIN, n)
-    if backend == "auto":
-        try:
-            import faiss  # noqa: F401
-
-            backend = "faiss"
-        except ImportError:
-            backend = "torch"
-    if backend == "faiss":
-        cand = _search_faiss(x, c)
-    elif backend == "torch":
-        cand = _search_torch(x, c, device)
-    else:
-        raise ValueError(f"knn backend must be 'auto', 'faiss' or 'torch' (config key CLUSTER.KNN), got {backend!r}")
-
+    cand = search.candidates(x, rows, c, centroids)
     # Every row lists itself first, even among exact duplicates.
-    rows = np.arange(n)
     missing_self = ~(cand == rows[:, None]).any(1)
     cand[missing_self, -1] = rows[missing_self]
-    out = np.empty((n, k), dtype=np.int64)
-    out_sim = np.empty((n, k))
-    for start in range(0, n, _ROW_CHUNK // 4):
-        block = cand[start:start + _ROW_CHUNK // 4]
-        sim = _dot(x[start:start + block.shape[0], None], x[block])
-        sim[block == rows[start:start + block.shape[0], None]] = np.inf
-        order = np.lexsort((block, -sim), axis=1)[:, :k]
-        out[start:start + block.shape[0]] = np.take_along_axis(block, order, axis=1)
-        out_sim[start:start + block.shape[0]] = np.take_along_axis(sim, order, axis=1)
-    return out, out_sim
+    out = torch.empty((rows.numel(), k), dtype=torch.long)
+    out_sim = torch.empty((rows.numel(), k), dtype=torch.float64)
+    for start in range(0, rows.numel(), _ROW_CHUNK // 4):
+        block, query = cand[start:start + _ROW_CHUNK // 4], rows[start:start + _ROW_CHUNK // 4]
+        sim = torch.einsum("qd,qcd->qc", x[query].double(), x[block.clamp(min=0)].double())
+        sim[block == query[:, None]] = float("inf")
+        sim[block < 0] = float("-inf")  # the approx search found fewer rows
+        # decreasing cosine, exact ties by ascending index
+        by_index = torch.sort(block, dim=1, stable=True).indices
+        order = by_index.gather(1, torch.sort(-sim.gather(1, by_index), dim=1, stable=True).indices)[:, :k]
+        out[start:start + block.shape[0]] = block.gather(1, order).cpu()
+        out_sim[start:start + block.shape[0]] = sim.gather(1, order).cpu()
+    short = torch.nonzero(out_sim[:, -1] == float("-inf")).flatten()
+    if short.numel():  # an approx probe that saw fewer than k rows: search those exactly
+        out[short], out_sim[short] = (torch.from_numpy(v) for v in _knn(x, k, KnnSearch("torch"), rows[short]))
+    return out.numpy(), out_sim.numpy()
 
 
-def knn(features: ArrayLike, k: int, backend: str = "auto") -> np.ndarray:
+def knn(features: ArrayLike, k: int, backend: Union[str, KnnSearch] = "auto") -> np.ndarray:
     """Indices [N, min(k, N)] of the k nearest rows of every row by cosine, the row itself first.
 
     The rest follow by decreasing cosine (float64 dot products of the L2-normalised rows rounded
-    to float32); exact ties go by ascending index. `backend` finds the candidates: "faiss" (exact IndexFlatIP, on
-    the GPU when faiss-gpu and CUDA exist), "torch" (chunked matmul + topk on the device of
-    `features`), or "auto" (faiss when importable). Both give the same lists: the top k + 10
-    candidates of each row are re-ranked exactly, so only near-ties at that depth could differ.
+    to float32); exact ties go by ascending index. `backend` (a name or a `KnnSearch`) finds the
+    candidates on the device of `features` (see `lwtgpf.knn`): "faiss" (exact; on the GPU with
+    faiss-gpu), "torch" (exact, chunked matmul + top-k), "approx" (inverted file), or "auto"
+    (faiss when it can search there, else torch). The exact backends give the same lists: the top
+    k + 10 candidates of each row are re-ranked exactly, so only near-ties at that depth could differ.
     """
     if k < 1:
         raise ValueError(f"knn needs k >= 1, got {k}")
-    device = features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
-    return _knn(_normalised(features), k, backend, device)[0]
+    return _knn(_normalised(features), k, _search(backend))[0]
+
+
+def knn_recall(x: torch.Tensor, nbr: np.ndarray, k1: int, search: KnnSearch,
+               centroids: Optional[torch.Tensor] = None) -> float:
+    """Recall@k1 of the neighbour lists `nbr` [N, >= k1] on `search.recall_sample` rows of `x`,
+    against exact search (torch on x's device)."""
+    sample = sample_rows(x.shape[0], search.recall_sample, search.seed)
+    exact = _knn(x, k1, KnnSearch("torch"), torch.from_numpy(sample))[0]
+    return recall(nbr[sample, :k1], exact)
 
 
 def _reciprocal(nbr: np.ndarray, m: int) -> np.ndarray:
@@ -210,23 +241,21 @@ def _encoding(x: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, k1: int, k2: 
     return vq
 
 
-def _jaccard_graph(
-    features: ArrayLike, k1: int, k2: int, max_distance: float, knn_backend: str, ranks: int = 0,
-) -> Tuple[sparse.csr_matrix, np.ndarray]:
-    """Sparse Jaccard graph (pairs with d < max_distance) and, for every row, its `ranks` smallest
-    distances counting itself (1.0 where a row has fewer stored partners), as [N, ranks]."""
+def _check_k(k1: int, k2: int) -> None:
     if k1 < 1 or k2 < 1:
         raise ValueError(f"k-reciprocal neighbourhoods need k1 >= 1 and k2 >= 1, got k1={k1}, k2={k2}")
+
+
+def _jaccard_graph(
+    x: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, k1: int, k2: int, max_distance: float, ranks: int = 0,
+) -> Tuple[sparse.csr_matrix, np.ndarray]:
+    """Sparse Jaccard graph (pairs with d < max_distance) of the unit rows `x` [N, D] float32 from
+    their neighbour lists (`_knn`), and, for every row, its `ranks` smallest distances counting
+    itself (1.0 where a row has fewer stored partners), as [N, ranks]."""
     if not max_distance > 0:
         raise ValueError(f"max_distance must be > 0, got {max_distance}")
-    t0 = time.perf_counter()
-    device = features.device if isinstance(features, torch.Tensor) else torch.device("cpu")
-    x = _normalised(features)
     n = x.shape[0]
-    nbr, nbr_sim = _knn(x, max(k1, k2), knn_backend, device)
-    t_knn = time.perf_counter() - t0
     vq = _encoding(x, nbr, nbr_sim, k1, k2)
-    del nbr, nbr_sim
 
     # s(i, j) = sum_k min(V'[i, k], V'[j, k]) over shared columns k: expand every stored V'[i, k]
     # against column k's entries (an inverted index) and sum the minima per (i, j).
@@ -268,14 +297,12 @@ def _jaccard_graph(
         start = stop
     graph = sparse.csr_matrix(
         (np.concatenate(data), np.concatenate(indices), np.concatenate(indptr)), shape=(n, n))
-    logger.info(
-        "Jaccard distance of %d features: %d pairs below %.4g in %.1fs (kNN %.1fs)",
-        n, graph.nnz - n, max_distance, time.perf_counter() - t0, t_knn)
     return graph, smallest
 
 
 def jaccard_distance(
-    features: ArrayLike, k1: int = 20, k2: int = 6, max_distance: float = 1.0, knn_backend: str = "auto",
+    features: ArrayLike, k1: int = 20, k2: int = 6, max_distance: float = 1.0,
+    knn_backend: Union[str, KnnSearch] = "auto",
 ) -> sparse.csr_matrix:
     """k-reciprocal Jaccard distance (Zhong et al., CVPR 2017) as a sparse [N, N] CSR matrix.
 
@@ -285,7 +312,10 @@ def jaccard_distance(
     H uses m = round(k1 / 2) + 1; overlaps are summed in float64. `features` [N, D] (numpy or
     torch, any device) are L2-normalised here; neighbours come from `knn(..., knn_backend)`.
     """
-    return _jaccard_graph(features, k1, k2, max_distance, knn_backend)[0]
+    _check_k(k1, k2)
+    x = _normalised(features)
+    nbr, nbr_sim = _knn(x, max(k1, k2), _search(knn_backend))
+    return _jaccard_graph(x.cpu().numpy(), nbr, nbr_sim, k1, k2, max_distance)[0]
 
 
 def camera_proxies(cluster_labels: ArrayLike, cams: ArrayLike) -> np.ndarray:
@@ -311,6 +341,14 @@ def _quantiles(values: np.ndarray) -> Dict[str, float]:
     return {"p10": float(q[0]), "p50": float(q[1]), "p90": float(q[2])}
 
 
+def _check_clustering(eps: float, min_samples: int, k1: int, k2: int) -> None:
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must lie in (0, 1) for the Jaccard distance (config key CLUSTER.EPS), got {eps}")
+    if min_samples < 1:
+        raise ValueError(f"min_samples must be >= 1 (config key CLUSTER.MIN_SAMPLES), got {min_samples}")
+    _check_k(k1, k2)
+
+
 def pseudo_labels(
     features: ArrayLike,
     cams: ArrayLike,
@@ -318,39 +356,112 @@ def pseudo_labels(
     min_samples: int = 4,
     k1: int = 20,
     k2: int = 6,
-    knn_backend: str = "auto",
+    knn_backend: Union[str, KnnSearch] = "auto",
     stats: Optional[Dict[str, float]] = None,
+    distributed: bool = False,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Cluster ids and camera-aware proxy ids [N] int64 (-1 for outliers) of `features` [N, D].
 
     DBSCAN(eps, min_samples) runs on the sparse Jaccard graph; pairs with d <= eps + 1e-6 are
     neighbours, so exact ties at eps count on every machine. Raises `NoClustersError`, with
-    distance statistics and a suggested eps, when no cluster forms.
+    distance statistics and a suggested eps, when no cluster forms. Neighbours are searched on
+    the device of `features` with `knn_backend`, a backend name or a `lwtgpf.knn.KnnSearch`
+    (see `knn`).
 
-    When `stats` is a dict it receives flat float scalars for logging (e.g. to TensorBoard):
-    num_clusters, num_outliers, num_proxies, outlier_ratio, num_pairs (neighbour pairs, self
-    excluded), seconds, and the 10/50/90% quantiles of each point's nearest non-self distance
-    (nn_dist_p10 ...) and of its core distance, the distance to its min_samples-th nearest point
-    counting itself, which must be <= eps for a core point (core_dist_p10 ...). The same line
-    is logged on logger "fastreid.lwtgpf.clustering".
+    `distributed=True` under a process group of several processes makes this a collective call:
+    every process passes the same `features` (on its own device) and `cams`, searches the
+    neighbours of its contiguous share of the rows against all rows (the approx backend's cells
+    are trained on process 0 and broadcast), and only the neighbour lists travel to process 0,
+    which computes the Jaccard graph, DBSCAN and the proxies; the labels are broadcast and equal
+    those of one process. When process 0 fails, the others raise too instead of waiting.
+
+    When `stats` is a dict it receives (on process 0) flat float scalars for logging (e.g. to
+    TensorBoard): num_clusters, num_outliers, num_proxies, outlier_ratio, num_pairs (neighbour
+    pairs, self excluded), seconds, and the 10/50/90% quantiles of each point's nearest non-self
+    distance (nn_dist_p10 ...) and of its core distance, the distance to its min_samples-th
+    nearest point counting itself, which must be <= eps for a core point (core_dist_p10 ...);
+    per stage (knn, jaccard, dbscan, proxies) its seconds and peak memory in GB
+    (`<stage>_seconds`, `<stage>_host_gb`, on Linux, and `<stage>_device_gb` of torch's CUDA
+    allocator); with the approx backend knn_recall, the recall@k1 of a sample against exact
+    search. The same line is logged on logger "fastreid.lwtgpf.clustering".
     """
-    if not 0 < eps < 1:
-        raise ValueError(f"eps must lie in (0, 1) for the Jaccard distance (config key CLUSTER.EPS), got {eps}")
-    if min_samples < 1:
-        raise ValueError(f"min_samples must be >= 1 (config key CLUSTER.MIN_SAMPLES), got {min_samples}")
+    _check_clustering(eps, min_samples, k1, k2)
     n = len(features)
     if len(cams) != n:
         raise ValueError(f"got {n} features but {len(cams)} camera ids")
+    shared = distributed and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    rank, world = (dist.get_rank(), dist.get_world_size()) if shared else (0, 1)
     t0 = time.perf_counter()
+    values: Dict[str, float] = {}
+    search = _search(knn_backend)
+    x = _normalised(features)
+    k, share = min(max(k1, k2), n), split_rows(n, world)
+    with _stage("knn", values):
+        centroids = search.train(x) if rank == 0 else None
+        if shared and not search.exact:
+            if centroids is None:
+                centroids = x.new_empty((search.cells(n)[0], x.shape[1]))
+            centroids = centroids.to(collective_device(x.device))
+            dist.broadcast(centroids, 0)
+        rows = torch.arange(share[rank].start, share[rank].stop)
+        nbr, nbr_sim = _knn(x, k, search, rows, centroids) if rows.numel() else \
+            (np.zeros((0, k), dtype=np.int64), np.zeros((0, k)))
+        if shared:
+            nbr = all_gather_rows(torch.from_numpy(nbr), len(share[0])).numpy()
+            nbr_sim = all_gather_rows(torch.from_numpy(nbr_sim), len(share[0])).numpy()
+    labels, error = None, None
+    if rank == 0:
+        try:
+            if not search.exact and search.recall_sample:
+                values["knn_recall"] = knn_recall(x, nbr, k1, search, centroids)
+            x = x.cpu().numpy()
+            labels = _labels_from_neighbours(x, nbr, nbr_sim, cams, eps, min_samples, k1, k2, values, t0, stats)
+        except Exception as e:
+            if not shared:
+                raise
+            error = e  # the other processes wait for the labels: tell them first
+    del x, nbr, nbr_sim
+    return _broadcast_labels(labels, n, error) if shared else labels
+
+
+def _broadcast_labels(labels: Optional[Tuple[np.ndarray, np.ndarray]], n: int,
+                      error: Optional[Exception]) -> Tuple[np.ndarray, np.ndarray]:
+    """Process 0's (cluster, proxy) labels on every process; raises on every process when
+    process 0 had none (`error` there)."""
+    message = torch.full((2, n), _FAILED, dtype=torch.long)
+    if labels is not None:
+        message = torch.from_numpy(np.stack(labels))
+    message = message.to(collective_device(torch.device("cpu")))
+    dist.broadcast(message, 0)
+    if error is not None:
+        raise error
+    message = message.cpu().numpy()
+    if message[0, 0] == _FAILED:
+        raise RuntimeError("process 0 failed to compute the pseudo labels; its log says why")
+    return message[0], message[1]
+
+
+def _labels_from_neighbours(
+    x: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, cams: ArrayLike, eps: float, min_samples: int,
+    k1: int, k2: int, values: Dict[str, float], start_time: float, stats: Optional[Dict[str, float]] = None,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """The part of `pseudo_labels` after the neighbour search: Jaccard graph, DBSCAN and proxies
+    of the unit rows `x` [N, D] float32 with neighbour lists (`_knn`) `nbr` and `nbr_sim` [N, >= max(k1, k2)].
+    `values` holds the statistics gathered so far, `start_time` the call's perf_counter start."""
+    n = x.shape[0]
     radius = eps + EPS_TOLERANCE
-    graph, smallest = _jaccard_graph(features, k1, k2, radius, knn_backend, ranks=max(min_samples, 2))
+    with _stage("jaccard", values):
+        graph, smallest = _jaccard_graph(x, nbr, nbr_sim, k1, k2, radius, ranks=max(min_samples, 2))
     nearest, core = smallest[:, 1], smallest[:, min_samples - 1]
     num_pairs = graph.nnz - n
-    # sklearn would sort each row itself, with a warning.
-    graph = sort_graph_by_row_values(graph, copy=False, warn_when_not_sorted=False)
-    labels = DBSCAN(eps=radius, min_samples=min_samples, metric="precomputed").fit_predict(graph).astype(np.int64)
+    with _stage("dbscan", values):
+        # sklearn would sort each row itself, with a warning.
+        graph = sort_graph_by_row_values(graph, copy=False, warn_when_not_sorted=False)
+        labels = DBSCAN(eps=radius, min_samples=min_samples, metric="precomputed").fit_predict(graph)
+        labels = labels.astype(np.int64)
+    del graph
     num_clusters = int(labels.max()) + 1
-    values = {f"nn_dist_{k}": v for k, v in _quantiles(nearest).items()}
+    values.update({f"nn_dist_{k}": v for k, v in _quantiles(nearest).items()})
     values.update({f"core_dist_{k}": v for k, v in _quantiles(core).items()})
     if num_clusters == 0:
         usable = np.sort(core[core < 1.0])
@@ -367,17 +478,21 @@ def pseudo_labels(
             f"to the min_samples-th nearest (core distance): p10 {values['core_dist_p10']:.3f}, "
             f"median {values['core_dist_p50']:.3f}, p90 {values['core_dist_p90']:.3f}. Suggestion: {hint} "
             f"(config key CLUSTER.EPS).")
-    proxies = camera_proxies(labels, cams)
+    with _stage("proxies", values):
+        proxies = camera_proxies(labels, cams)
     num_outliers = int((labels < 0).sum())
     values.update(
         num_clusters=float(num_clusters), num_outliers=float(num_outliers), num_proxies=float(proxies.max() + 1),
-        outlier_ratio=num_outliers / n, num_pairs=float(num_pairs), seconds=time.perf_counter() - t0)
+        outlier_ratio=num_outliers / n, num_pairs=float(num_pairs), seconds=time.perf_counter() - start_time)
     logger.info(
         "Pseudo labels: %d clusters, %d proxies, %d outliers of %d (%.1f%%); nearest Jaccard distance "
         "p10/50/90 %.3f/%.3f/%.3f, core distance %.3f/%.3f/%.3f; %.1fs",
         num_clusters, int(values["num_proxies"]), num_outliers, n, 100 * values["outlier_ratio"],
         values["nn_dist_p10"], values["nn_dist_p50"], values["nn_dist_p90"],
         values["core_dist_p10"], values["core_dist_p50"], values["core_dist_p90"], values["seconds"])
+    logger.info("Pseudo-label stages: " + ", ".join(
+        f"{stage} {values[stage + '_seconds']:.1f}s / {values.get(stage + '_host_gb', float('nan')):.2f} GB"
+        for stage in STAGES) + ("" if "knn_recall" not in values else f"; kNN recall@{k1} {values['knn_recall']:.4f}"))
     if stats is not None:
         stats.update(values)
     return labels, proxies

@@ -53,7 +53,14 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.CLUSTER.MIN_SAMPLES = 4  # DBSCAN core-point neighbourhood size
     _C.CLUSTER.K1 = 20  # k-reciprocal neighbourhood
     _C.CLUSTER.K2 = 6  # query-expansion neighbourhood
-    _C.CLUSTER.KNN = "auto"  # auto | faiss | torch: nearest-neighbour search backend
+    _C.CLUSTER.KNN = "auto"  # auto | faiss | torch (exact) | approx (inverted file): nearest-neighbour search
+    _C.CLUSTER.KNN_FP16 = False  # faiss on a GPU keeps the features in float16 (candidates re-ranked in float64)
+    _C.CLUSTER.APPROX = CN()
+    _C.CLUSTER.APPROX.NLIST = 0  # k-means cells of the approx search (0: round(sqrt(N)), at most N / 64)
+    _C.CLUSTER.APPROX.NPROBE = 0  # cells scanned per query (0: 16)
+    _C.CLUSTER.APPROX.RECALL_SAMPLE = 1000  # queries whose recall@K1 against exact search is logged (0: off)
+    _C.CLUSTER.APPROX.SEED = 0  # seed of the k-means sample and initialisation
+    _C.CLUSTER.PART_DTYPE = "float32"  # float32 | float16: part features kept until the epoch's proxies exist
     # Addition beyond the original: features normalised per camera before clustering
     _C.CLUSTER.CAMERA_NORM = "none"  # none (published) | center | standardize (lwtgpf/camera_norm.py)
 

@@ -8,14 +8,14 @@ features by `update` after the optimiser step.
 Everything is vectorised over granularities, samples and proxies: the only proxy-proxy
 similarities computed are the B rows of the batch's own proxies, never the K x K matrix.
 """
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ProxyMemory"]
+__all__ = ["ProxyMemory", "proxy_sums"]
 
 LabelArray = Union[torch.Tensor, np.ndarray]
 
@@ -41,6 +41,23 @@ def _group_table(group_of_item: torch.Tensor, num_groups: int) -> torch.Tensor:
     table = torch.full((num_groups, int(sizes.max())), -1, dtype=torch.long)
     table[sorted_groups, column] = order
     return table
+
+
+@torch.no_grad()
+def proxy_sums(features: torch.Tensor, proxy_labels: torch.Tensor, num_proxies: Optional[int] = None) -> torch.Tensor:
+    """Sums [1+P, K, D] in float32 of the features [1+P, N, D] of each proxy's members, on the
+    features' device; images labelled < 0 (outliers) are left out, K defaults to max label + 1.
+
+    One granularity at a time, so a float16 or sharded feature set never needs a float32 copy of the
+    whole; normalising the sums gives the memory (the L2-normalised sum is the normalised mean)."""
+    proxy_labels = torch.as_tensor(proxy_labels, device=features.device)
+    num_proxies = int(proxy_labels.max()) + 1 if num_proxies is None else num_proxies
+    keep = proxy_labels >= 0
+    index = proxy_labels[keep]
+    sums = features.new_zeros((features.shape[0], num_proxies, features.shape[2]), dtype=torch.float32)
+    for level, total in zip(features, sums):
+        total.index_add_(0, index, level[keep].float())
+    return sums
 
 
 class ProxyMemory(nn.Module):
@@ -126,11 +143,24 @@ class ProxyMemory(nn.Module):
         if features.dim() != 3 or not features.is_floating_point():
             raise ValueError(f"ProxyMemory.reset: features must be a float tensor [1+P, N, D], "
                              f"got {features.dtype} {list(features.shape)}")
-        num_images = features.shape[1]
+        proxies = _as_labels(proxy_labels, "proxy_labels", features.shape[1])
+        self.reset_from_sums(proxy_sums(features, proxies), cluster_labels, proxies, cams)
+
+    @torch.no_grad()
+    def reset_from_sums(
+            self,
+            sums: torch.Tensor,
+            cluster_labels: LabelArray,
+            proxy_labels: LabelArray,
+            cams: LabelArray,
+    ) -> None:
+        """`reset` from the per-proxy sums of the member features, [1+P, K, D] (`proxy_sums`), so
+        that the features themselves need not be in one place (e.g. summed per process, then
+        all-reduced); the other arguments are `reset`'s."""
+        num_images = len(proxy_labels)
         clusters = _as_labels(cluster_labels, "cluster_labels", num_images)
         proxies = _as_labels(proxy_labels, "proxy_labels", num_images)
         cams = _as_labels(cams, "cams", num_images)
-
         if (cams < 0).any():
             raise ValueError(f"ProxyMemory.reset: camera ids must be >= 0, got {int(cams.min())}")
         if (proxies < -1).any() or (clusters < -1).any():
@@ -159,16 +189,11 @@ class ProxyMemory(nn.Module):
                 raise ValueError(f"ProxyMemory.reset: proxy {int(mixed[0])} holds images of several {name}; "
                                  f"a proxy is one (cluster, camera) pair")
 
-        # Sum per granularity: the L2-normalised sum equals the L2-normalised mean, and one
-        # granularity at a time keeps the float32 copy of a large feature set small.
-        index = member_proxy.to(features.device)
-        keep_dev = keep.to(features.device)
-        sums = []
-        for level in features:
-            total = torch.zeros(num_proxies, level.shape[1], dtype=torch.float32, device=features.device)
-            sums.append(total.index_add_(0, index, level[keep_dev].float()))
+        if sums.dim() != 3 or sums.shape[1] != num_proxies:
+            raise ValueError(f"ProxyMemory.reset_from_sums: sums must be [1+P, {num_proxies}, D] (one row per proxy), "
+                             f"got {list(sums.shape)}")
         device = self._memory.device
-        self._memory = F.normalize(torch.stack(sums), dim=2).to(device)
+        self._memory = F.normalize(sums.float(), dim=2).to(device)
         self.proxy_to_cluster = proxy_cluster.to(device)
         self.cluster_to_proxies = _group_table(proxy_cluster, int(proxy_cluster.max()) + 1).to(device)
         self.proxy_to_camera = proxy_cam.to(device)

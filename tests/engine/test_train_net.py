@@ -1,11 +1,13 @@
 """End to end: tools/train_net.py trains on a tiny synthetic set, resumes, and evaluates its checkpoint."""
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = [
@@ -82,11 +84,50 @@ def test_eval_only_without_weights_is_a_clear_error(tmp_path):
     assert result.returncode != 0 and "MODEL.WEIGHTS" in result.stderr
 
 
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.mark.slow
-def test_two_cpu_processes(tmp_path):
-    # --num-gpus with MODEL.DEVICE cpu: gloo processes, one global batch, one memory.
-    out = tmp_path / "ddp"
-    log = train_net(tmp_path, *TINY, "SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "OUTPUT_DIR", str(out),
-                    flags=["--num-gpus", "2"])
-    assert "World size: 2" in log and "Evaluation results" in log
-    assert (out / "model_final.pth").is_file()
+def test_two_cpu_processes_from_num_gpus_and_torchrun(tmp_path):
+    # One epoch with one process, then with two gloo processes started three ways: --num-gpus 2,
+    # torchrun --nproc-per-node 2, and torchrun on two "nodes" of one process each (static
+    # rendezvous on this machine). Same seeds and one thread per process everywhere.
+    env = dict(os.environ, FASTREID_DATASETS=str(tmp_path / "data"), OMP_NUM_THREADS="1")
+    opts = [*TINY, "SOLVER.MAX_EPOCH", "1", "TEST.EVAL_PERIOD", "1", "SEED", "0"]
+    train = [str(ROOT / "tools/train_net.py"), "--config-file", str(ROOT / "configs/LWTGPF/synthetic.yml")]
+    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+
+    def run(cmds, name, batch, flags=()):
+        procs = [subprocess.Popen(cmd + train + list(flags) + opts + ["TEST.IMS_PER_BATCH", str(batch), "OUTPUT_DIR",
+                                                                       str(tmp_path / name)],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for cmd in cmds]
+        logs = [proc.communicate(timeout=600)[0] for proc in procs]
+        for proc, log in zip(procs, logs):
+            assert proc.returncode == 0, log[-3000:]
+        return "".join(logs)
+
+    # every process extracts batches of 8 images, so each image's features come from the same computation
+    run([[sys.executable]], "one", 8)
+    assert "World size: 2" in run([[sys.executable]], "spawn", 16, ["--num-gpus", "2"])
+    log = run([torchrun + ["--nproc-per-node", "2", "--master-port", str(_free_port())]], "torchrun", 16)
+    assert "World size: 2" in log
+    port = str(_free_port())
+    run([torchrun + ["--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
+                     "--master-addr", "127.0.0.1", "--master-port", port] for node in range(2)], "nodes", 16)
+
+    labels = (tmp_path / "one" / "pseudo_labels" / "epoch_000.csv").read_text()
+    assert len(set(row.split(",")[2] for row in labels.splitlines()[1:])) > 3  # several clusters
+    weights = torch.load(tmp_path / "spawn" / "model_final.pth", weights_only=False)["model"]
+    for name in ("spawn", "torchrun", "nodes"):
+        assert (tmp_path / name / "pseudo_labels" / "epoch_000.csv").read_text() == labels, name
+        other = torch.load(tmp_path / name / "model_final.pth", weights_only=False)["model"]
+        assert other.keys() == weights.keys()
+        assert all(torch.equal(other[k], weights[k]) for k in weights), name
+    with pytest.raises(subprocess.CalledProcessError) as error:  # torchrun and --num-gpus do not mix
+        subprocess.run(torchrun + ["--nproc-per-node", "1", *train, "--num-gpus", "2", *opts],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=True)
+    assert "leave out --num-gpus" in error.value.stderr

@@ -1,10 +1,14 @@
-"""Pseudo labels: sparse k-reciprocal Jaccard + DBSCAN (ours) vs the dense N x N original style.
+"""Pseudo labels: sparse k-reciprocal Jaccard + DBSCAN (ours, per kNN backend) vs the dense N x N original style.
 
 Features are synthetic re-id-like clusters (about N / 16 identities seen by 2-6 of 6 cameras,
 plus 10% noise images) of width 768. Each implementation runs in its own subprocess, which
 reports its wall time and its peak resident memory during the call (/proc VmHWM, reset after
-the data are built), so the two measurements never mix. The dense baseline is run last; it
-needs about 3 N^2 x 4 bytes (13 GB at N = 32,621) and is skipped when the machine lacks them.
+the data are built), so the measurements never mix; ours also reports every stage (kNN,
+Jaccard, DBSCAN, proxies: seconds, peak host memory, peak CUDA memory of torch's allocator,
+which does not see faiss-gpu's). `--knn torch,approx` runs one subprocess per backend and
+compares each one's labels with the first's (ARI with outliers as singletons, outlier counts).
+The dense baseline is run last; it needs about 3 N^2 x 4 bytes (13 GB at N = 32,621) and is
+skipped when the machine lacks them.
 """
 import argparse
 import json
@@ -27,10 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-samples", type=int, default=4, help="DBSCAN min_samples")
     parser.add_argument("--k1", type=int, default=20, help="k-reciprocal neighbourhood")
     parser.add_argument("--k2", type=int, default=6, help="query-expansion neighbourhood")
+    parser.add_argument("--knn", default="auto",
+                        help="comma-separated kNN backends (auto, faiss, torch, approx, or approx:NPROBE), "
+                             "each run on its own")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the kNN search runs")
+    parser.add_argument("--fp16", action="store_true", help="faiss on a GPU keeps the features in float16")
+    parser.add_argument("--nlist", type=int, default=0, help="approx: k-means cells (0: derived from N)")
+    parser.add_argument("--nprobe", type=int, default=0, help="approx: cells scanned per query (0: derived)")
+    parser.add_argument("--recall-sample", type=int, default=1000, help="approx: rows whose recall@k1 is measured")
     parser.add_argument("--skip-naive", action="store_true", help="time ours only")
     parser.add_argument("--threads", type=int, default=0, help="torch / faiss CPU threads (0: leave as is)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--worker", choices=("ours", "naive"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
 
 
@@ -53,7 +65,9 @@ def make_features(n: int, dim: int, cameras: int, seed: int):
             0.7 / np.sqrt(dim))
     x[n - noise:] = rng.standard_normal((noise, dim), dtype=np.float32)
     cams = np.concatenate([cams, rng.integers(0, cameras, noise)])
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for start in range(0, n, 4096):  # normalised in float64 as lwtgpf.clustering does, so it needs no copy
+        block = x[start:start + 4096].astype(np.float64)
+        x[start:start + 4096] = block / np.linalg.norm(block, axis=1, keepdims=True)
     return x, cams
 
 
@@ -123,7 +137,8 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     import lwtgpf  # noqa: F401
-    from lwtgpf.clustering import pseudo_labels
+    from lwtgpf.clustering import STAGES, pseudo_labels
+    from lwtgpf.knn import KnnSearch
 
     if args.threads:
         import faiss
@@ -131,18 +146,28 @@ def _worker(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
         faiss.omp_set_num_threads(args.threads)
     x, cams = make_features(args.n, args.dim, args.cameras, args.seed)
+    if args.worker != "naive" and args.device == "cuda":
+        x = torch.from_numpy(x).cuda()
     with open("/proc/self/clear_refs", "w") as f:  # resets VmHWM, so the peak covers the call only
         f.write("5")
     base = _proc_status("VmRSS")
     start = time.perf_counter()
-    if args.worker == "ours":
-        labels, proxies = pseudo_labels(x, cams, args.eps, args.min_samples, args.k1, args.k2)
-    else:
+    stats = {}
+    if args.worker == "naive":
         labels, proxies = naive_pseudo_labels(x, cams, args.eps, args.min_samples, args.k1, args.k2)
+    else:
+        backend, _, nprobe = args.worker.partition(":")
+        search = KnnSearch(backend, fp16=args.fp16, nlist=args.nlist, nprobe=int(nprobe or args.nprobe),
+                           recall_sample=args.recall_sample)
+        labels, proxies = pseudo_labels(x, cams, args.eps, args.min_samples, args.k1, args.k2, search, stats)
+        stats["describe"] = search.describe(args.n)
     seconds = time.perf_counter() - start
     np.save(args.out + ".npy", labels)
-    result = dict(seconds=seconds, peak_gb=_proc_status("VmHWM"), base_gb=base,
-                  clusters=int(labels.max()) + 1, outliers=int((labels < 0).sum()), proxies=int(proxies.max()) + 1)
+    # pseudo_labels restarts the peak at every stage: the call's peak is the largest of them
+    peak = max([_proc_status("VmHWM")] + [v for k, v in stats.items() if k.endswith("_host_gb")])
+    result = dict(seconds=seconds, peak_gb=peak, base_gb=base,
+                  clusters=int(labels.max()) + 1, outliers=int((labels < 0).sum()), proxies=int(proxies.max()) + 1,
+                  stats={k: v for k, v in stats.items() if k.split("_")[0] in STAGES + ("knn", "describe")})
     with open(args.out, "w") as f:
         json.dump(result, f)
 
@@ -150,9 +175,11 @@ def _worker(args: argparse.Namespace) -> None:
 def _run(name: str, args: argparse.Namespace, tmp: str) -> Dict[str, float]:
     out = os.path.join(tmp, name)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--out", out]
-    for key in ("n", "dim", "cameras", "eps", "k1", "k2", "threads", "seed"):
+    for key in ("n", "dim", "cameras", "eps", "k1", "k2", "threads", "seed", "device", "nlist", "nprobe"):
         cmd += [f"--{key}", str(getattr(args, key))]
-    cmd += ["--min-samples", str(args.min_samples)]
+    cmd += ["--min-samples", str(args.min_samples), "--recall-sample", str(args.recall_sample)]
+    if args.fp16:
+        cmd.append("--fp16")
     subprocess.run(cmd, check=True)
     with open(out) as f:
         result = json.load(f)
@@ -168,17 +195,24 @@ def _available_gb() -> float:
     return 0.0
 
 
+def _singletons(labels: np.ndarray) -> np.ndarray:
+    """Outliers as clusters of their own, so that leaving images out does not look like agreement."""
+    return np.where(labels < 0, labels.max() + 1 + np.arange(len(labels)), labels)
+
+
 def main(args: argparse.Namespace) -> None:
     if args.worker:
         _worker(args)
         return
     from sklearn.metrics import adjusted_rand_score
 
+    backends = args.knn.split(",")
     print(f"cluster: N={args.n} D={args.dim} cameras={args.cameras} eps={args.eps} "
-          f"min_samples={args.min_samples} k1={args.k1} k2={args.k2} cpus={os.cpu_count()}")
+          f"min_samples={args.min_samples} k1={args.k1} k2={args.k2} device={args.device} cpus={os.cpu_count()}")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        results["ours (sparse)"] = _run("ours", args, tmp)
+        for backend in backends:
+            results[f"ours ({backend})"] = _run(backend, args, tmp)
         need = 3 * args.n ** 2 * 4 / 2 ** 30 + 1.0
         if args.skip_naive:
             print("naive baseline skipped (--skip-naive)")
@@ -186,15 +220,31 @@ def main(args: argparse.Namespace) -> None:
             print(f"naive baseline skipped: needs about {need:.1f} GB, {_available_gb():.1f} GB available")
         else:
             results["naive (dense)"] = _run("naive", args, tmp)
-    print(f"{'implementation':<16}{'seconds':>10}{'peak GB':>10}{'base GB':>10}{'clusters':>10}{'outliers':>10}{'proxies':>10}")
+    print(f"{'implementation':<20}{'seconds':>10}{'peak GB':>10}{'base GB':>10}{'clusters':>10}{'outliers':>10}{'proxies':>10}")
     for name, r in results.items():
-        print(f"{name:<16}{r['seconds']:>10.1f}{r['peak_gb']:>10.2f}{r['base_gb']:>10.2f}"
+        print(f"{name:<20}{r['seconds']:>10.1f}{r['peak_gb']:>10.2f}{r['base_gb']:>10.2f}"
               f"{r['clusters']:>10}{r['outliers']:>10}{r['proxies']:>10}")
-    if len(results) == 2:
-        ours, naive = results["ours (sparse)"], results["naive (dense)"]
-        print(f"speed-up x{naive['seconds'] / ours['seconds']:.1f}, peak memory "
-              f"x{naive['peak_gb'] / ours['peak_gb']:.1f} lower, "
-              f"ARI(ours, naive) {adjusted_rand_score(naive['labels'], ours['labels']):.4f}")
+    print("stages (seconds / peak host GB [/ peak torch CUDA GB]):")
+    for name, r in results.items():
+        stats = r["stats"]
+        if not stats:
+            continue
+        cells = []
+        for stage in ("knn", "jaccard", "dbscan", "proxies"):
+            cell = f"{stage} {stats[stage + '_seconds']:.1f}s / {stats[stage + '_host_gb']:.2f}"
+            if stage + "_device_gb" in stats:
+                cell += f" / {stats[stage + '_device_gb']:.2f}"
+            cells.append(cell)
+        recall = f"; recall@{args.k1} {stats['knn_recall']:.4f} on {args.recall_sample} rows" if "knn_recall" in stats else ""
+        print(f"  {name}: {stats['describe']}: " + ", ".join(cells) + recall)
+    names = list(results)
+    first = results[names[0]]
+    for name in names[1:]:
+        r = results[name]
+        print(f"{name} vs {names[0]}: time x{first['seconds'] / r['seconds']:.2f} faster, peak memory "
+              f"x{first['peak_gb'] / r['peak_gb']:.2f} lower, ARI (outliers as singletons) "
+              f"{adjusted_rand_score(_singletons(first['labels']), _singletons(r['labels'])):.4f}, outliers "
+              f"{r['outliers']} vs {first['outliers']} ({100 * (r['outliers'] - first['outliers']) / max(first['outliers'], 1):+.1f}%)")
 
 
 if __name__ == "__main__":

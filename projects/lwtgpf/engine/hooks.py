@@ -12,11 +12,12 @@ from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from ..camera_norm import camera_normalise, check_camera_norm
 from ..clustering import pseudo_labels
 from ..data.build import Item, build_inference_loader, build_pseudo_label_loader
+from ..knn import KnnSearch
+from .features import extract_features, reset_memory
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -117,10 +118,12 @@ class MetricsWriter(PeriodicWriter):
 class ClusterHook(HookBase):
     """Before every epoch: training-set features -> pseudo labels -> proxies -> memory + loader.
 
-    Features are extracted in eval mode with the test transform and the camera ids. The main
-    process clusters and broadcasts the labels, so every process trains on the same proxies.
-    With CLUSTER.CAMERA_NORM the clustering sees the global features normalised per camera
-    (METHOD.md section 8); the memory is reset from the model's own features.
+    Features are extracted in eval mode with the test transform and the camera ids, each process
+    its share (`features.extract_features`); the processes share the neighbour search, the main
+    process clusters and broadcasts the labels (`clustering.pseudo_labels(..., distributed=True)`), so every
+    process trains on the same proxies; the memory is built from per-process sums. With
+    CLUSTER.CAMERA_NORM the clustering sees the global features normalised per camera (METHOD.md
+    section 8); the memory is built from the model's own features.
     """
 
     def __init__(self, cfg, items: List[Item]):
@@ -131,34 +134,17 @@ class ClusterHook(HookBase):
         self.gt = np.unique(np.asarray([str(pid) for _, pid, _ in items]), return_inverse=True)[1]
         self.loader = build_inference_loader(cfg, items)
 
-    @torch.no_grad()
-    def extract(self, model: torch.nn.Module) -> torch.Tensor:
-        """L2-normalised global and part features [1+P, N, D] of every training image, in order."""
-        was_training = model.training
-        model.eval()
-        chunks = []
-        for batch in tqdm(self.loader, desc="Extracting features", disable=not comm.is_main_process(),
-                          leave=False, dynamic_ncols=True):
-            chunks.append(model.extract_features(batch).float().cpu())
-        model.train(was_training)
-        local = torch.cat(chunks, dim=1)
-        if comm.get_world_size() > 1:  # InferenceSampler shards are contiguous, in rank order
-            local = torch.cat(comm.all_gather(local), dim=1)
-        return local
-
     def before_epoch(self):
         cfg, epoch = self.cfg.CLUSTER, self.trainer.epoch
         model = unwrap(self.trainer.model)
-        features = self.extract(model)
-        labels, stats = None, {}
-        if comm.is_main_process():
-            labels = pseudo_labels(camera_normalise(features[0], self.cams, self.camera_norm), self.cams,
-                                   eps=cfg.EPS, min_samples=cfg.MIN_SAMPLES,
-                                   k1=cfg.K1, k2=cfg.K2, knn_backend=cfg.KNN, stats=stats)
-        if comm.get_world_size() > 1:
-            labels = comm.all_gather(labels)[0]
-        cluster_labels, proxy_labels = labels
-        model.memory.reset(features.to(model.device), cluster_labels, proxy_labels, self.cams)
+        features = extract_features(model, self.loader, len(self.items), cfg.PART_DTYPE)
+        stats = {}
+        cluster_labels, proxy_labels = pseudo_labels(
+            camera_normalise(features.global_all, self.cams, self.camera_norm), self.cams, eps=cfg.EPS,
+            min_samples=cfg.MIN_SAMPLES, k1=cfg.K1, k2=cfg.K2,
+            knn_backend=KnnSearch.from_config(cfg), stats=stats, distributed=True)
+        reset_memory(model.memory, features, cluster_labels, proxy_labels, self.cams)
+        del features
         self.trainer.set_train_loader(build_pseudo_label_loader(self.cfg, self.items, cluster_labels, proxy_labels))
         if comm.is_main_process():
             self._report(epoch, cluster_labels, proxy_labels, stats)

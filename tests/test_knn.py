@@ -1,0 +1,114 @@
+"""lwtgpf.knn: the approximate backend against plain references, and the exact backends' agreement."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+import lwtgpf  # noqa: F401
+from lwtgpf import clustering
+from lwtgpf.knn import KnnSearch, kmeans, recall, split_rows
+
+
+def identities(n=1200, dim=64, ids=60, cams=4, seed=0):
+    """Unit features of `ids` identities seen by several cameras (a camera shift per identity),
+    plus 5% noise rows, as re-id features look; cameras 0..cams-1."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((ids, dim))
+    shifts = rng.standard_normal((ids, cams, dim)) * 0.5
+    pid, cam = rng.integers(0, ids, n), rng.integers(0, cams, n)
+    x = centers[pid] + shifts[pid, cam] + rng.standard_normal((n, dim)) * 0.6
+    x[: n // 20] = rng.standard_normal((n // 20, dim)) * 1.5
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32), cam
+
+
+def unit(n, dim, seed):
+    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.normalize(x, dim=1)
+
+
+def test_kmeans_is_a_fixed_point_of_assign_and_average():
+    x = unit(500, 16, 1)
+    centroids = kmeans(x, 8, iters=30, sample=1000)
+    assert torch.allclose(centroids.norm(dim=1), torch.ones(8), atol=1e-6)
+    # after convergence each centroid is the normalised mean of the rows nearest to it
+    assign = (x @ centroids.T).argmax(1)
+    for cell in range(8):
+        members = x[assign == cell]
+        assert len(members) > 0
+        assert torch.allclose(centroids[cell], torch.nn.functional.normalize(members.sum(0), dim=0), atol=1e-5)
+
+
+def test_approx_search_is_exact_search_over_the_probed_cells():
+    x = unit(700, 24, 2)
+    search = KnnSearch("approx", nlist=12, nprobe=3)
+    centroids = search.train(x)
+    rows = torch.arange(0, 700, 7)
+    found = search.candidates(x, rows, 15, centroids)
+    # plain reference: every query compared with every row whose nearest centroid is among the
+    # query's 3 nearest centroids
+    cell_of = (x @ centroids.T).argmax(1)
+    for query, got in zip(rows.tolist(), found):
+        probed = (x[query] @ centroids.T).topk(3).indices
+        pool = torch.nonzero(torch.isin(cell_of, probed)).flatten()
+        sims = x[pool] @ x[query]
+        expected = pool[sims.topk(min(15, pool.numel())).indices]
+        assert set(got[got >= 0].tolist()) == set(expected.tolist()), query
+        assert (got < 0).sum() == 15 - min(15, pool.numel())
+
+
+def test_cell_counts_follow_n():
+    assert KnnSearch("approx").cells(100_000) == (316, 16)
+    assert KnnSearch("approx").cells(1_000_000) == (1000, 16)
+    assert KnnSearch("approx").cells(300) == (4, 4)  # at least 64 rows per cell, nprobe <= nlist
+    assert KnnSearch("approx", nlist=50, nprobe=60).cells(10_000) == (50, 50)
+
+
+def test_approx_recall_and_labels_against_exact():
+    x, cams = identities()
+    exact = clustering.knn(x, 20, backend="torch")
+    stats = {}
+    approx_search = KnnSearch("approx", nlist=18, nprobe=6, recall_sample=300)  # a third of the rows per query
+    found = clustering.knn(x, 20, backend=approx_search)
+    assert (found[:, 0] == np.arange(len(x))).all()
+    value = recall(found, exact)
+    assert 0.95 < value < 0.99  # approximate, yet close
+    labels, _ = clustering.pseudo_labels(x, cams, knn_backend="torch")
+    approx_labels, _ = clustering.pseudo_labels(x, cams, knn_backend=approx_search, stats=stats)
+    assert adjusted_rand_score(labels, approx_labels) > 0.97
+    assert abs((labels < 0).sum() - (approx_labels < 0).sum()) <= 0.01 * len(x)
+    # the logged recall is the recall of the sampled rows
+    assert stats["knn_recall"] == pytest.approx(value, abs=0.02)
+    # every probe scanned: approx becomes exact
+    full = KnnSearch("approx", nlist=18, nprobe=18)
+    assert np.array_equal(clustering.knn(x, 20, backend=full), exact)
+
+
+def test_exact_backends_agree_and_stages_are_timed():
+    x, cams = identities(n=400, seed=3)
+    results = {}
+    for backend in ("faiss", "torch", "auto"):
+        stats = {}
+        results[backend] = clustering.pseudo_labels(x, cams, eps=0.6, knn_backend=backend, stats=stats)[0]
+        for stage in clustering.STAGES:
+            assert stats[f"{stage}_seconds"] >= 0 and stats[f"{stage}_host_gb"] > 0, stage
+        assert "knn_recall" not in stats
+    assert results["faiss"].max() > 3
+    assert np.array_equal(results["faiss"], results["torch"]) and np.array_equal(results["faiss"], results["auto"])
+
+
+def test_fp16_option_is_harmless_on_cpu():
+    x, _ = identities(n=300, seed=4)
+    assert np.array_equal(clustering.knn(x, 10, KnnSearch("faiss", fp16=True)), clustering.knn(x, 10, "torch"))
+
+
+def test_split_rows_matches_fastreid_inference_sampler():
+    assert [list(r) for r in split_rows(7, 3)] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [len(r) for r in split_rows(2, 3)] == [1, 1, 0]
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(ValueError, match="CLUSTER.KNN"):
+        KnnSearch("hnsw")
+    with pytest.raises(ValueError, match="CLUSTER.APPROX.NPROBE"):
+        KnnSearch("approx", nprobe=-1)
