@@ -19,6 +19,7 @@ from lwtgpf.clustering import knn, pseudo_labels
 from lwtgpf.config import add_lwtgpf_config
 from lwtgpf.data.build import load_train_items
 from lwtgpf.engine import Trainer
+from lwtgpf.engine.features import extract_features
 from lwtgpf.engine.hooks import ClusterHook
 from sweep import GRID, UNSUPERVISED, point_opts
 
@@ -39,7 +40,7 @@ def main(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = Trainer.build_model(cfg)
         hook = ClusterHook(cfg, load_train_items(cfg))
-        features = hook.extract(model)[0]
+        features = extract_features(model.eval(), hook.loader, len(hook.items)).global_all
         for mode in ("none", "center"):
             start = time.perf_counter()
             x = camera_normalise(features, hook.cams, mode)
