@@ -25,5 +25,10 @@ setup(
         "termcolor",
         "tqdm",
         "safetensors",
+        "grad-cam>=1.5.7",
+        "matplotlib",
+        "onnx",
+        "onnxscript",
+        "onnxruntime",
     ],
 )

@@ -1,4 +1,5 @@
 """lwtgpf.clustering against dense NumPy references written from METHOD.md section 3."""
+import re
 import subprocess
 import sys
 import textwrap
@@ -152,8 +153,15 @@ def test_camera_proxies_match_loop():
 
 def test_no_cluster_error_reports_distances():
     x = np.random.default_rng(4).standard_normal((80, 64))
-    with pytest.raises(NoClustersError, match=r"found no cluster.*nearest other sample: p10 .*Suggestion: eps = 0\.\d\d"):
+    with pytest.raises(NoClustersError, match=r"found no cluster.*nearest other sample: p10 .*Suggestion: eps = 0\.\d\d") as info:
         clustering.pseudo_labels(x, np.zeros(80), eps=0.01, min_samples=4)
+    # the suggested eps does what the message promises: at least that share of core points, hence clusters
+    suggested, share = re.search(r"eps = (0\.\d\d) would make at least ([\d.]+)%", str(info.value)).groups()
+    stats = {}
+    clustering.pseudo_labels(x, np.zeros(80), eps=float(suggested), min_samples=4, stats=stats)
+    assert stats["num_clusters"] >= 1
+    core = np.sort(dense_jaccard(x, 20, 6), axis=1)[:, 3]  # distance to the 4th nearest, itself first
+    assert np.mean(core <= float(suggested) + EPS_TOLERANCE) * 100 >= float(share)
 
 
 def test_bad_input_messages():

@@ -253,6 +253,23 @@ def test_buffers_stay_out_of_checkpoints():
     assert mem.memory.shape == (3, mem.num_proxies, 16)
 
 
+def test_training_state_resumes_the_epoch(tmp_path):
+    features, clusters, proxies, cams, gen = clustered(13)
+    mem = ProxyMemory(neg_k=5)
+    mem.reset(features, clusters, proxies, cams)
+    mem.update(*[t.detach() for t in batch_of(mem.memory, gen)])  # moved away from the reset state
+    torch.save(mem.training_state(), tmp_path / "memory.pth")
+    resumed = ProxyMemory(neg_k=5)
+    resumed.load_training_state(torch.load(tmp_path / "memory.pth", weights_only=True))
+    assert resumed.num_cameras == mem.num_cameras
+    feats, targets = batch_of(mem.memory, gen)
+    for key, value in mem(feats, targets).items():
+        assert torch.equal(resumed(feats, targets)[key], value), key
+    mem.update(feats.detach(), targets)
+    resumed.update(feats.detach(), targets)
+    assert torch.equal(resumed.memory, mem.memory)
+
+
 def test_errors():
     mem = ProxyMemory()
     with pytest.raises(RuntimeError, match="reset"):

@@ -14,10 +14,9 @@ from typing import Optional
 
 import lwtgpf  # noqa: F401
 import torch
-from fastreid.config import get_cfg
 
-from lwtgpf.config import add_lwtgpf_config
 from lwtgpf.engine import Trainer
+from lwtgpf.engine.cli import load_config, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 UNSUPERVISED = ROOT / "configs/LWTGPF/synthetic.yml"
@@ -47,10 +46,7 @@ def train(config: Path, output_dir: Path, opts, console: Optional[Path] = None) 
 
 
 def untrained(config: Path, opts) -> dict:
-    cfg = get_cfg()
-    add_lwtgpf_config(cfg)
-    cfg.merge_from_file(str(config))
-    cfg.merge_from_list(list(opts))
+    cfg = load_config(str(config), opts)
     torch.manual_seed(0)
     return Trainer.test(cfg, Trainer.build_model(cfg))
 
@@ -59,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="logs/demo", type=Path)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both configs")
-    args = parser.parse_args()
+    args = parse_args(parser=parser)  # --output-dir may also follow the overrides
     rows = [
         ("untrained LewinViT", untrained(UNSUPERVISED, args.opts)),
         ("LWTGPF (no labels)", train(UNSUPERVISED, args.output_dir / "lwtgpf", args.opts)),

@@ -63,6 +63,19 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.CLUSTER.PART_DTYPE = "float32"  # float32 | float16: part features kept until the epoch's proxies exist
     # Addition beyond the original: features normalised per camera before clustering
     _C.CLUSTER.CAMERA_NORM = "none"  # none (published) | center | standardize (lwtgpf/camera_norm.py)
+    _C.CLUSTER.EMBEDDING_PERIOD = 0  # epochs between TensorBoard projector embeddings of training features (0: off)
+    _C.CLUSTER.EMBEDDING_SAMPLES = 1000  # training images (a fixed random sample) in each embedding
+
+    # ---------------- Analysis: tools/visualize.py and TensorBoard pictures ----------------
+    _C.ANALYSIS = CN()
+    _C.ANALYSIS.HEATMAP_METHOD = "auto"  # rollout | gradcam | gradcam++ | ... (auto: rollout on LewinViT, else gradcam)
+    _C.ANALYSIS.CAM_LAYER = ""  # module name the CAM methods explain ("": the last stage of the trunk)
+    _C.ANALYSIS.ROLLOUT = CN()
+    _C.ANALYSIS.ROLLOUT.HEAD_FUSION = "mean"  # mean | max | min: how a block's heads are fused
+    _C.ANALYSIS.ROLLOUT.DISCARD_RATIO = 0.0  # share of each block's smallest attention weights set to 0
+    _C.ANALYSIS.TOPK = 10  # gallery images in a rank list
+    _C.ANALYSIS.TB_RANKLISTS = 4  # rank lists put in TensorBoard at each evaluation (0: none)
+    _C.ANALYSIS.TB_HEATMAPS = 4  # query heat maps put in TensorBoard at each evaluation (0: none)
 
     # ---------------- Solver / data ----------------
     _C.SEED = -1  # seed of python, numpy and torch RNGs (>= 0: reproducible runs; < 0: a fresh one)
@@ -82,4 +95,11 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.DATASETS.SYNTHETIC.COLOUR_CAST = 1.0  # exponent on each camera's per-channel gains, whole image (0: none)
     _C.DATASETS.SYNTHETIC.BACKGROUND_CONTRAST = 0.15  # contrast left to each camera's scenery (1: full)
     _C.DATASETS.SYNTHETIC.BLUR_NOISE = 1.0  # factor on each camera's blur sigma and noise std
+
+    # ---------------- Reliability: loading, resume, input checks ----------------
+    _C.MODEL.WEIGHTS_PARTIAL = False  # True: a checkpoint that does not fit loads what fits, with a warning (default: stop)
+    _C.SOLVER.CHECKPOINT_ITERS = 0  # also save model_last every N iterations inside epochs (0: at epoch ends only)
+    _C.DATALOADER.CHECK_IMAGES = True  # open every image header of every split before training
+    _C.DATALOADER.SKIP_UNREADABLE = False  # True: leave unreadable images out with a warning (default: stop)
+    _C.CLUSTER.MAX_CLUSTER_FRACTION = 0.5  # warn when one cluster holds more than this fraction of the samples
     return cfg

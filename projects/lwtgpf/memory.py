@@ -200,6 +200,18 @@ class ProxyMemory(nn.Module):
         self.camera_to_proxies = _group_table(proxy_cam, int(proxy_cam.max()) + 1).to(device)
         self.num_cameras = int(torch.unique(proxy_cam).numel())
 
+    def training_state(self) -> Dict[str, torch.Tensor]:
+        """The proxies and their maps, on the CPU: what a run resumed inside an epoch needs (they
+        are rebuilt every epoch, so they are not in the model's state dict)."""
+        return {name: buf.detach().cpu().clone() for name, buf in self.named_buffers(recurse=False)}
+
+    def load_training_state(self, state: Dict[str, torch.Tensor]) -> None:
+        """Put back what `training_state` returned."""
+        device = self._memory.device
+        for name, _ in list(self.named_buffers(recurse=False)):
+            setattr(self, name, state[name].to(device))
+        self.num_cameras = int(torch.unique(self.proxy_to_camera).numel())
+
     def _check_batch(self, features: torch.Tensor, proxy_targets: torch.Tensor,
                      caller: str) -> Tuple[torch.Tensor, torch.Tensor]:
         """Validated float32 features [1+P, B, D] and int64 targets [B] on the memory's device."""

@@ -14,7 +14,7 @@ import pytest
 import lwtgpf  # noqa: F401  (fastreid compatibility fixes first)
 from fastreid.data.datasets import DATASET_REGISTRY
 from lwtgpf.data import synthetic
-from lwtgpf.data.synthetic import SyntheticReID, generate_synthetic, synthetic_dir_name
+from lwtgpf.data.synthetic import SyntheticReID, generate_synthetic, person_box, synthetic_dir_name
 
 TINY = dict(num_cameras=3, num_train_ids=6, num_test_ids=4, images_per_id=4)
 SUBDIRS = ("bounding_box_train", "query", "bounding_box_test")
@@ -125,6 +125,21 @@ def test_occluded_changes_queries_only(tiny, tmp_path):
             assert plain[key] != covered[key], key
         elif key != "synthetic.json":
             assert plain[key] == covered[key], key
+
+
+def test_person_boxes(tiny, tmp_path):
+    images = [p for sub in SUBDIRS for p in sorted((tiny / sub).iterdir())]
+    for path in images:
+        x0, y0, x1, y1 = person_box(path)
+        assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 128, (path.name, (x0, y0, x1, y1))
+        assert y1 - y0 > 0.6 * 128 and 8 < x1 - x0 < 64  # a standing person, taller than wide
+    heights = {tuple(person_box(p)) for p in images}
+    assert len(heights) > len(images) // 2  # pose, scale and offset vary per image
+    stray = tmp_path / "query" / "0001_c1_000000.jpg"
+    stray.parent.mkdir()
+    stray.write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="person_boxes.csv"):
+        person_box(stray)
 
 
 def test_atomic_generation(tmp_path, monkeypatch):

@@ -6,15 +6,17 @@ and inside a DataLoader worker nothing else does either. (The ``read_image`` of
 reid-strong-baseline-style code bases, TransReID's among them, retries forever on
 ``IOError`` instead: a hang, not an error.) ``read_image``
 here gives the same image as fast-reid's and an error that names the path;
-``verify_images`` checks a whole dataset before training starts.
+``find_unreadable`` and ``verify_images`` check a whole dataset, in parallel processes, before
+training starts.
 """
 import logging
+from concurrent.futures import ProcessPoolExecutor
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from fastreid.data.data_utils import read_image as _fastreid_read_image
 from PIL import Image
 
-__all__ = ["UnreadableImageError", "read_image", "verify_images"]
+__all__ = ["UnreadableImageError", "find_unreadable", "read_image", "unreadable_message", "verify_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +24,14 @@ logger = logging.getLogger(__name__)
 # truncation), SyntaxError (broken PNG chunks), ValueError (bad header fields).
 _PIL_ERRORS = (OSError, SyntaxError, ValueError)
 _EXAMPLES = 5
+_LISTED = 50  # bad files named in one error message; the rest are counted
+_PARALLEL_FROM = 2000  # below this many files, starting worker processes costs more than it saves
 
 
 class UnreadableImageError(OSError):
     """One or more image files cannot be read; ``paths`` lists them."""
 
-    def __init__(self, message: str, paths: Sequence[str]):
+    def __init__(self, message: str, paths: Sequence[str] = ()):
         super().__init__(message)
         self.paths = list(paths)
 
@@ -40,42 +44,58 @@ def read_image(file_name: str, format: Optional[str] = None) -> Image.Image:
         raise UnreadableImageError(f"cannot read image {file_name}: {err}", [file_name]) from err
 
 
-def _check_one(path: str, decode: bool) -> None:
-    with Image.open(path) as img:
-        if decode:
-            img.load()
-        else:
-            img.verify()
+def _problem(path: str, decode: bool) -> Optional[str]:
+    """Why `path` cannot be read as an image, or None."""
+    try:
+        with Image.open(path) as img:
+            if decode:
+                img.load()
+            else:
+                img.verify()
+    except _PIL_ERRORS as err:
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
-def verify_images(items: Iterable[Union[str, Tuple]], decode: bool = False) -> int:
+def find_unreadable(paths: Sequence[str], decode: bool = False, workers: int = 8) -> List[Tuple[str, str]]:
+    """`(path, reason)` of every file in `paths` that cannot be read as an image, in input order.
+
+    decode=False checks the file header and structure (PIL ``verify``: fast, but a JPEG cut short
+    may pass); True decodes every image fully (slower, catches truncation). Large lists are shared
+    by `workers` processes (PIL's header parsing holds the GIL, so threads would not help).
+    """
+    if workers <= 1 or len(paths) < _PARALLEL_FROM:
+        reasons = [_problem(p, decode) for p in paths]
+    else:
+        chunk = max(64, len(paths) // (8 * workers))
+        with ProcessPoolExecutor(workers) as pool:
+            reasons = list(pool.map(_problem, paths, [decode] * len(paths), chunksize=chunk))
+    return [(p, why) for p, why in zip(paths, reasons) if why is not None]
+
+
+def unreadable_message(bad: Sequence[Tuple[str, str]], count: int, limit: int = _LISTED) -> str:
+    """"K of N image(s) cannot be read" and the bad files with PIL's reason (the first `limit`)."""
+    shown = "\n".join(f"  {p}  ({why})" for p, why in bad[:limit])
+    more = f"\n  ... and {len(bad) - limit} more" if len(bad) > limit else ""
+    return f"{len(bad)} of {count} image(s) cannot be read:\n{shown}{more}"
+
+
+def verify_images(items: Iterable[Union[str, Tuple]], decode: bool = False, workers: int = 8) -> int:
     """Open every image and raise if any cannot be read; return how many were checked.
 
     Args:
         items: image paths, or fast-reid items ``(img_path, pid, camid)``.
-        decode: False checks the file header and structure (PIL ``verify``; fast, but a
-            JPEG cut short may pass); True decodes every image fully (slower, catches
-            truncation).
+        decode: see `find_unreadable`.
+        workers: processes that share the files.
 
     Raises:
         UnreadableImageError: naming the number of bad files and the first few, with
             PIL's reason for each; ``.paths`` holds all of them.
     """
-    bad: List[Tuple[str, str]] = []
-    count = 0
-    for item in items:
-        path = item if isinstance(item, str) else item[0]
-        count += 1
-        try:
-            _check_one(path, decode)
-        except _PIL_ERRORS as err:
-            bad.append((path, f"{type(err).__name__}: {err}"))
+    paths = [item if isinstance(item, str) else item[0] for item in items]
+    bad = find_unreadable(paths, decode, workers)
     if bad:
-        shown = "\n".join(f"  {p}  ({why})" for p, why in bad[:_EXAMPLES])
-        more = f"\n  ... and {len(bad) - _EXAMPLES} more" if len(bad) > _EXAMPLES else ""
-        raise UnreadableImageError(
-            f"{len(bad)} of {count} image(s) cannot be read; replace or delete them:\n{shown}{more}",
-            [p for p, _ in bad],
-        )
-    logger.info(f"verified {count} image(s)" + (" (fully decoded)" if decode else ""))
-    return count
+        raise UnreadableImageError(unreadable_message(bad, len(paths), _EXAMPLES) + "\nReplace or delete them.",
+                                   [p for p, _ in bad])
+    logger.info(f"verified {len(paths)} image(s)" + (" (fully decoded)" if decode else ""))
+    return len(paths)

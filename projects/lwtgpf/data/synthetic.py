@@ -14,7 +14,8 @@ Images are rendered at twice the stored size with OpenCV primitives and reduced 
 interpolation (cheap anti-aliasing), then stored as fixed-quality JPEG. Every random draw
 comes from a NumPy Generator seeded from (seed, purpose, identity, image), so the same
 parameters give the same bytes, and the occluded variant differs from the plain one in the
-query images only.
+query images only. `person_boxes.csv` records where each image's person is (its box in pixels),
+so that analysis tools can measure where a model looks.
 """
 from __future__ import annotations
 
@@ -27,13 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
+import csv
+import functools
+
 import cv2
 import numpy as np
 from fastreid.data.datasets import DATASET_REGISTRY
 
 from .datasets.market_layout import MarketLayoutDataset
 
-__all__ = ["SyntheticReID", "generate_synthetic", "synthetic_dir_name", "IMAGE_SIZE", "BIAS_DEFAULTS"]
+__all__ = ["SyntheticReID", "generate_synthetic", "person_box", "synthetic_dir_name", "IMAGE_SIZE", "BIAS_DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ _SS = 2  # supersampling factor of the drawing canvas
 _CH, _CW = IMAGE_SIZE[0] * _SS, IMAGE_SIZE[1] * _SS
 _BG_MARGIN = 16  # extra background around the canvas, so crop offsets move the scene
 _JPEG_QUALITY = 92
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3  # 3: format 2's images plus person_boxes.csv
 # Strengths of the per-camera effects (DATASETS.SYNTHETIC.COLOUR_CAST, BACKGROUND_CONTRAST,
 # BLUR_NOISE). Real detector crops are dominated by the person; by default each camera's
 # scenery keeps 0.15 of its contrast (muted towards grey): it stays the camera's own, but
@@ -57,6 +61,7 @@ BIAS_DEFAULTS = {
     "blur_noise": 1.0,  # factor on every camera's blur sigma and sensor-noise std
 }
 _MARKER = "synthetic.json"
+_BOXES = "person_boxes.csv"
 _SUBDIRS = ("bounding_box_train", "query", "bounding_box_test")
 
 # Purposes mixed into every seed, so that the streams never overlap.
@@ -472,8 +477,9 @@ def _draw_occluder(rng: np.random.Generator, img: np.ndarray) -> None:
 
 
 def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator,
-            occluder_rng: Optional[np.random.Generator] = None) -> np.ndarray:
-    """One stored crop (RGB uint8, IMAGE_SIZE) of `ident` seen by `cam`."""
+            occluder_rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, Tuple[float, ...]]:
+    """One stored crop (RGB uint8, IMAGE_SIZE) of `ident` seen by `cam`, and the person's box
+    (x0, y0, x1, y1) in stored pixels: the extent of the body's coverage (occluders aside)."""
     layer = _draw_person(ident, rng, back_view=bool(rng.random() < cam.back_prob))
     # Person coordinates -> canvas: mirror, lean about the feet, scale, shift.
     scale = cam.scale * rng.uniform(0.9, 1.06)
@@ -500,7 +506,9 @@ def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator,
         img = cv2.GaussianBlur(img, (0, 0), cam.blur)
     img = cv2.resize(img, (IMAGE_SIZE[1], IMAGE_SIZE[0]), interpolation=cv2.INTER_AREA)
     img = img + rng.normal(0, cam.noise, img.shape).astype(np.float32)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    rows, cols = np.nonzero(alpha[..., 0] > 0.5)
+    box = (cols.min() / _SS, rows.min() / _SS, (cols.max() + 1) / _SS, (rows.max() + 1) / _SS)
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), box
 
 
 def _write_image(path: Path, rgb: np.ndarray) -> None:
@@ -573,11 +581,14 @@ def _write_set(folder: Path, params: Dict[str, object]) -> Dict[str, int]:
     strengths = {key: params[key] for key in BIAS_DEFAULTS}
     cameras = {c: _make_camera(seed, c, **strengths) for c in range(1, num_cameras + 1)}
     counts = dict.fromkeys(_SUBDIRS, 0)
+    boxes = []
 
     def emit(sub: str, pid: int, ident: _Identity, cam: int, idx: int, occlude: bool) -> None:
         occluder_rng = _rng(seed, _SEED_OCCLUDER, pid, idx) if occlude else None
-        img = _render(ident, cameras[cam], _rng(seed, _SEED_IMAGE, pid, idx), occluder_rng)
-        _write_image(folder / sub / f"{pid:04d}_c{cam}_{idx:06d}.jpg", img)
+        img, box = _render(ident, cameras[cam], _rng(seed, _SEED_IMAGE, pid, idx), occluder_rng)
+        name = f"{pid:04d}_c{cam}_{idx:06d}.jpg"
+        _write_image(folder / sub / name, img)
+        boxes.append((f"{sub}/{name}", *box))
         counts[sub] += 1
 
     num_train = params["num_train_ids"]
@@ -592,6 +603,8 @@ def _write_set(folder: Path, params: Dict[str, object]) -> Dict[str, int]:
             emit("query", pid, ident, cam, idx, params["occluded"])
         for idx, cam in enumerate(gallery, start=len(query)):
             emit("bounding_box_test", pid, ident, cam, idx, False)
+    with open(folder / _BOXES, "w", newline="") as f:
+        csv.writer(f).writerows([("image", "x0", "y0", "x1", "y1")] + boxes)
     return counts
 
 
@@ -668,6 +681,30 @@ def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: 
     logger.info(f"Generated SyntheticReID in {time.perf_counter() - start:.1f}s: {counts['bounding_box_train']} train, "
                 f"{counts['query']} query, {counts['bounding_box_test']} gallery images in {target}")
     return target
+
+
+@functools.lru_cache(maxsize=8)
+def _read_boxes(folder: Path) -> Dict[str, Tuple[float, float, float, float]]:
+    with open(folder / _BOXES, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    return {row[0]: tuple(float(v) for v in row[1:]) for row in rows}
+
+
+def person_box(image_path: Union[str, os.PathLike]) -> Tuple[float, float, float, float]:
+    """The person's box (x0, y0, x1, y1), in pixels of the stored image, of a synthetic image.
+
+    Read from `person_boxes.csv` of the set the image belongs to (`<set>/<split>/<name>.jpg`).
+    """
+    path = Path(image_path).resolve()
+    folder = path.parent.parent
+    if not (folder / _BOXES).is_file():
+        raise FileNotFoundError(f"{image_path} is not an image of a SyntheticReID set: no {_BOXES} in {folder} "
+                                "(sets made before format 3 have none: delete the set to regenerate it)")
+    key = f"{path.parent.name}/{path.name}"
+    boxes = _read_boxes(folder)
+    if key not in boxes:
+        raise KeyError(f"{_BOXES} in {folder} has no box for {key}")
+    return boxes[key]
 
 
 # -------------------------------------------------------------------------------- dataset

@@ -1,22 +1,27 @@
-"""Training hooks: per-epoch clustering, memory update, epoch-wise learning rate, checkpoints."""
+"""Training hooks: per-epoch clustering, memory update, epoch-wise learning rate, metrics, evaluation."""
 import bisect
 import csv
 import logging
 import os
-from typing import Dict, List, Sequence
+import re
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch
 from fastreid.engine.hooks import PeriodicWriter
 from fastreid.engine.train_loop import HookBase
+from fastreid.evaluation.testing import flatten_results_dict
 from fastreid.utils import comm
+from fastreid.utils.events import EventWriter
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.nn.parallel import DistributedDataParallel
 
+from ..analysis.tensorboard import EmbeddingProjector
 from ..camera_norm import camera_normalise, check_camera_norm
 from ..clustering import pseudo_labels
-from ..data.build import Item, build_inference_loader, build_pseudo_label_loader
+from ..data.build import Item, build_inference_loader
 from ..knn import KnnSearch
+from .cluster_health import check_cluster_sizes
 from .features import extract_features, reset_memory
 
 logger = logging.getLogger("fastreid." + __name__)
@@ -76,26 +81,6 @@ class MemoryUpdateHook(HookBase):
         unwrap(self.trainer.model).update_memory()
 
 
-class EpochCheckpointHook(HookBase):
-    """Saves `model_last` every epoch (so `--resume` restarts at the last epoch boundary),
-    `model_XXXX` every `period` epochs and `model_final` at the end."""
-
-    def __init__(self, checkpointer, period: int, max_epoch: int):
-        self.checkpointer = checkpointer
-        self.period = period
-        self.max_epoch = max_epoch
-
-    def after_epoch(self):
-        epoch = self.trainer.epoch
-        if epoch + 1 >= self.max_epoch:
-            name = "model_final"
-        elif self.period > 0 and (epoch + 1) % self.period == 0:
-            name = f"model_{epoch:04d}"
-        else:
-            name = "model_last"
-        self.checkpointer.save(name, epoch=epoch)
-
-
 class MetricsWriter(PeriodicWriter):
     """fast-reid's PeriodicWriter without losing epoch-level scalars.
 
@@ -104,7 +89,16 @@ class MetricsWriter(PeriodicWriter):
     statistics, put after that step, never reached metrics.json or TensorBoard. The trainer
     files epoch-level scalars under the first iteration of the next epoch; this writer leaves
     them to the next periodic write, and writes once more before closing at the end.
+    The writers come from `build_writers()` at the start of training, when a resumed run knows
+    where its checkpoint's metrics end.
     """
+
+    def __init__(self, build_writers: Callable[[], List[EventWriter]], period: int = 20):
+        super().__init__([], period)
+        self._build_writers = build_writers
+
+    def before_train(self):
+        self._writers = self._build_writers()
 
     def after_epoch(self):
         pass
@@ -115,6 +109,59 @@ class MetricsWriter(PeriodicWriter):
         super().after_train()
 
 
+def _reason(err: BaseException) -> str:
+    """"Type: message" of an error; for one a loader worker raised, its original last line."""
+    text = str(err).strip()
+    if "Traceback (most recent call last)" in text:
+        return re.sub(r"^[\w.]*\.(\w+): ", r"\1: ", text.splitlines()[-1])
+    return f"{type(err).__name__}: {text}"
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation during training failed; the message says where the training is saved."""
+
+
+class EpochEvalHook(HookBase):
+    """Evaluates every `period` epochs (<= 0: never) and after the last epoch, after the epoch's
+    checkpoint is written, so an evaluation that fails (an unreadable query image, ...) loses
+    no training; its error says where the checkpoint is. A run resumed from the checkpoint of an
+    epoch whose evaluation was due runs that evaluation first."""
+
+    def __init__(self, period: int, max_epoch: int, evaluate: Callable[[], dict], last_checkpoint: str):
+        self.period = period
+        self.max_epoch = max_epoch
+        self.evaluate = evaluate
+        self.last_checkpoint = last_checkpoint
+
+    def _due(self, epoch: int) -> bool:
+        return epoch + 1 >= self.max_epoch or (self.period > 0 and (epoch + 1) % self.period == 0)
+
+    def before_train(self):
+        epoch = self.trainer.resumed_epoch_end
+        if epoch is not None and self._due(epoch):
+            self._run(epoch)
+
+    def after_epoch(self):
+        if self._due(self.trainer.epoch):
+            self._run(self.trainer.epoch)
+
+    def _run(self, epoch: int) -> None:
+        try:
+            results = self.evaluate()
+        except Exception as err:
+            saved = self.last_checkpoint
+            if os.path.isfile(saved):
+                with open(saved) as f:
+                    saved = os.path.join(os.path.dirname(saved), f.read().strip())
+            raise EvaluationError(f"Evaluation after epoch {epoch} failed: {_reason(err)}\n"
+                                  f"The training up to here is saved in {saved}: fix the cause, then evaluate it "
+                                  f"with --eval-only MODEL.WEIGHTS {saved}, or continue with --resume.") from err
+        if results:
+            flat = flatten_results_dict(results)
+            self.trainer.storage.put_scalars(**{k: float(v) for k, v in flat.items()}, smoothing_hint=False)
+        comm.synchronize()
+
+
 class ClusterHook(HookBase):
     """Before every epoch: training-set features -> pseudo labels -> proxies -> memory + loader.
 
@@ -123,7 +170,7 @@ class ClusterHook(HookBase):
     process clusters and broadcasts the labels (`clustering.pseudo_labels(..., distributed=True)`), so every
     process trains on the same proxies; the memory is built from per-process sums. With
     CLUSTER.CAMERA_NORM the clustering sees the global features normalised per camera (METHOD.md
-    section 8); the memory is built from the model's own features.
+    section 9); the memory is built from the model's own features.
     """
 
     def __init__(self, cfg, items: List[Item]):
@@ -133,8 +180,14 @@ class ClusterHook(HookBase):
         self.cams = np.asarray([cam for _, _, cam in items], dtype=np.int64)
         self.gt = np.unique(np.asarray([str(pid) for _, pid, _ in items]), return_inverse=True)[1]
         self.loader = build_inference_loader(cfg, items)
+        self.projector = None
+        if cfg.CLUSTER.EMBEDDING_PERIOD > 0 and comm.is_main_process():
+            self.projector = EmbeddingProjector(cfg.OUTPUT_DIR, [path for path, _, _ in items], self.cams,
+                                                [pid for _, pid, _ in items], cfg.CLUSTER.EMBEDDING_SAMPLES)
 
     def before_epoch(self):
+        if self.trainer.epoch_restored:  # resumed inside the epoch: its labels and memory came from the checkpoint
+            return
         cfg, epoch = self.cfg.CLUSTER, self.trainer.epoch
         model = unwrap(self.trainer.model)
         features = extract_features(model, self.loader, len(self.items), cfg.PART_DTYPE)
@@ -144,8 +197,10 @@ class ClusterHook(HookBase):
             min_samples=cfg.MIN_SAMPLES, k1=cfg.K1, k2=cfg.K2,
             knn_backend=KnnSearch.from_config(cfg), stats=stats, distributed=True)
         reset_memory(model.memory, features, cluster_labels, proxy_labels, self.cams)
+        if self.projector is not None and epoch % cfg.EMBEDDING_PERIOD == 0:
+            self.projector.write(epoch, features.global_all, cluster_labels)
         del features
-        self.trainer.set_train_loader(build_pseudo_label_loader(self.cfg, self.items, cluster_labels, proxy_labels))
+        self.trainer.set_pseudo_labels(cluster_labels, proxy_labels)
         if comm.is_main_process():
             self._report(epoch, cluster_labels, proxy_labels, stats)
 
@@ -157,7 +212,7 @@ class ClusterHook(HookBase):
         proxy_cluster[proxy_labels[kept]] = cluster_labels[kept]
         stats["cross_camera"] = float((np.bincount(proxy_cluster) > 1).mean())
         if stats["cross_camera"] < 0.1 and len(np.unique(self.cams)) > 1:
-            hint = (" If this lasts, try CLUSTER.CAMERA_NORM center (docs/METHOD.md, section 8)."
+            hint = (" If this lasts, try CLUSTER.CAMERA_NORM center (docs/METHOD.md, section 9)."
                     if self.camera_norm == "none" else "")
             logger.warning(f"Epoch {epoch}: only {100 * stats['cross_camera']:.0f}% of the clusters join several "
                            f"cameras: the pseudo labels follow the cameras, not the people.{hint}")
@@ -166,6 +221,7 @@ class ClusterHook(HookBase):
         singleton = np.where(outlier, cluster_labels.max() + 1 + np.arange(len(cluster_labels)), cluster_labels)
         stats["nmi"] = float(normalized_mutual_info_score(self.gt, singleton))
         stats["ari"] = float(adjusted_rand_score(self.gt, singleton))
+        check_cluster_sizes(cluster_labels, stats, self.cfg.CLUSTER.EPS, self.cfg.CLUSTER.MAX_CLUSTER_FRACTION)
         self.trainer.storage.put_scalars(**{f"cluster/{k}": v for k, v in stats.items()}, smoothing_hint=False)
         logger.info(f"Epoch {epoch} pseudo labels vs ground truth: NMI {stats['nmi']:.4f}, ARI {stats['ari']:.4f}")
         out_dir = os.path.join(self.cfg.OUTPUT_DIR, "pseudo_labels")

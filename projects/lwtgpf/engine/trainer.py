@@ -1,24 +1,34 @@
 """The trainer: fast-reid's DefaultTrainer, for CPU and GPU, supervised or with pseudo labels."""
 import logging
 import os
-from typing import Tuple
+from collections import OrderedDict
+from typing import Callable, List, Optional, Tuple
 
+import numpy as np
 import torch
 from fastreid.config import CfgNode
 from fastreid.engine import DefaultTrainer, hooks
 from fastreid.engine.train_loop import AMPTrainer, SimpleTrainer, TrainerBase
+from fastreid.evaluation import inference_on_dataset, print_csv_format
 from fastreid.modeling.meta_arch import build_model
 from fastreid.solver import build_optimizer
 from fastreid.utils import comm
-from fastreid.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+from fastreid.utils.events import CommonMetricPrinter, EventStorage, JSONWriter, TensorboardXWriter
 from fastreid.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from ..data.build import build_supervised_train_loader, build_test_loader, load_train_items
+from ..analysis.tensorboard import put_eval_pictures
+from ..data.build import (build_pseudo_label_loader, build_supervised_train_loader, build_test_loader,
+                          load_test_items, load_train_items)
+from ..data.checks import DataCheckError, check_camera_ids, check_cross_camera, usable_splits
+from ..data.seeding import derive_seed
 from ..evaluation import ReidEvaluator
-from .checkpoint import AtomicCheckpointer
-from .hooks import ClusterHook, EpochCheckpointHook, EpochLRHook, EpochLRScheduler, MemoryUpdateHook, MetricsWriter
+from .checkpoint import AtomicCheckpointer, CheckpointError
+from .hooks import (ClusterHook, EpochEvalHook, EpochLRHook, EpochLRScheduler, MemoryUpdateHook, MetricsWriter,
+                    unwrap)
+from .state import (CheckpointHook, check_same_everywhere, gather_rng_states, parameters_digest,
+                    persistent_buffers, restore_storage, set_rng_state, storage_state, truncate_metrics)
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -30,8 +40,11 @@ class Trainer(DefaultTrainer):
 
     What differs from fast-reid's: loaders are plain `DataLoader`s (no CUDA stream), the evaluator
     is ours (no Cython build), an epoch has `SOLVER.ITERS_PER_EPOCH` iterations, the learning rate
-    follows the epoch (warm-up, steps), checkpoints are atomic and saved every epoch, and for the
-    unsupervised architecture a `ClusterHook` builds each epoch's pseudo-labelled loader.
+    follows the epoch (warm-up, steps), and for the unsupervised architecture a `ClusterHook`
+    builds each epoch's pseudo-labelled loader. Before anything trains, every image of every split
+    is checked and every test set must be evaluable. Checkpoints are atomic, saved every epoch
+    (and every SOLVER.CHECKPOINT_ITERS iterations) before any evaluation, and hold the whole state
+    of the run (`engine.state`): `--resume` continues exactly where the checkpoint was taken.
     """
 
     def __init__(self, cfg: CfgNode):
@@ -42,14 +55,16 @@ class Trainer(DefaultTrainer):
             os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
 
         self.unsupervised = cfg.MODEL.META_ARCHITECTURE in UNSUPERVISED_ARCHS
-        self.train_items = load_train_items(cfg)
+        # The seed of every data stream (sampler order, augmentation); a resumed run takes its checkpoint's.
+        self.seed = cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+        self.train_items = self._checked_items(cfg)
         if self.unsupervised:
             data_loader = []  # the ClusterHook hands over a loader before the first step
             iters_per_epoch = cfg.SOLVER.ITERS_PER_EPOCH
             if iters_per_epoch <= 0:
                 raise ValueError("SOLVER.ITERS_PER_EPOCH must be > 0 for unsupervised training")
         else:
-            data_loader = build_supervised_train_loader(cfg, self.train_items)
+            data_loader = build_supervised_train_loader(cfg, self.train_items, seed=self.seed)
             cfg = self.auto_scale_hyperparams(cfg, data_loader.dataset.num_classes)
             iters_per_epoch = cfg.SOLVER.ITERS_PER_EPOCH or len(self.train_items) // cfg.SOLVER.IMS_PER_BATCH
 
@@ -59,10 +74,12 @@ class Trainer(DefaultTrainer):
             device_ids = [comm.get_local_rank()] if cfg.MODEL.DEVICE.startswith("cuda") else None
             model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
+        checkpointables = {"optimizer": optimizer}
         if cfg.SOLVER.AMP.ENABLED:
             if not cfg.MODEL.DEVICE.startswith("cuda"):
                 raise ValueError("SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda; set SOLVER.AMP.ENABLED False on CPU")
             self._trainer = AMPTrainer(model, data_loader, optimizer, param_wrapper)
+            checkpointables["grad_scaler"] = self._trainer.grad_scaler
         else:
             self._trainer = SimpleTrainer(model, data_loader, optimizer, param_wrapper)
 
@@ -70,48 +87,215 @@ class Trainer(DefaultTrainer):
         self.scheduler = EpochLRScheduler(optimizer, cfg.SOLVER.STEPS, cfg.SOLVER.GAMMA,
                                           cfg.SOLVER.WARMUP_FACTOR, cfg.SOLVER.WARMUP_EPOCHS)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
-                                               optimizer=optimizer)
+                                               partial=cfg.MODEL.WEIGHTS_PARTIAL, **checkpointables)
+        if comm.is_main_process():
+            self.checkpointer.remove_orphan_temporaries()
         self.start_epoch = 0
+        self.start_iter = 0
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * iters_per_epoch
         self.cfg = cfg
+        self.pseudo_labels: Optional[Tuple[np.ndarray, np.ndarray]] = None
+        self.epoch_restored = False  # True while an epoch resumed from a checkpoint runs
+        self.resumed_epoch_end: Optional[int] = None  # the epoch a resume found finished
+        self._mid_epoch_state: Optional[dict] = None
+        self._storage_state: Optional[dict] = None
+        self._metrics_written: Optional[int] = None  # last metrics.json iteration of a resumed checkpoint
+        self._json_writer: Optional[JSONWriter] = None
         self.register_hooks(self.build_hooks())
 
+    @staticmethod
+    def _checked_items(cfg: CfgNode) -> List:
+        """The training items, after every image of every split (training and test sets) is checked,
+        every test set is found evaluable and every camera id has an embedding: all before training."""
+        splits = {"train": load_train_items(cfg)}
+        for name in cfg.DATASETS.TESTS:
+            splits[f"{name} query"], splits[f"{name} gallery"] = load_test_items(cfg, name)
+        splits = usable_splits(cfg, splits)
+        for name in cfg.DATASETS.TESTS:
+            check_cross_camera(name, splits[f"{name} query"], splits[f"{name} gallery"])
+        check_camera_ids(cfg, splits)
+        if not splits["train"]:
+            raise DataCheckError(f"DATASETS.NAMES {tuple(cfg.DATASETS.NAMES)} hold no usable training image")
+        return splits["train"]
+
+    # ------------------------------------------------------------------ loaders
+
     def set_train_loader(self, loader: DataLoader) -> None:
-        """Replace the loader the next steps draw from (called by the ClusterHook each epoch)."""
+        """Replace the loader the next steps draw from."""
         self._trainer.data_loader = loader
         self._trainer._data_loader_iter = iter(loader)
 
+    def set_pseudo_labels(self, cluster_labels: np.ndarray, proxy_labels: np.ndarray, start_batch: int = 0) -> None:
+        """Train on these pseudo labels from batch `start_batch` of the epoch on (called by the
+        ClusterHook each epoch). The epoch's batches and augmentation derive from the run's seed."""
+        self.pseudo_labels = (cluster_labels, proxy_labels)
+        self.set_train_loader(build_pseudo_label_loader(self.cfg, self.train_items, cluster_labels, proxy_labels,
+                                                        seed=derive_seed(self.seed, self.epoch),
+                                                        start_batch=start_batch))
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def training_state(self, iteration: int, epoch_done: bool) -> dict:
+        """The `trainer` entry of a checkpoint (see `engine.state`); every process must call it."""
+        model = unwrap(self.model)
+        state = {
+            "iteration": iteration,
+            "epoch_done": epoch_done,
+            "iters_per_epoch": self.iters_per_epoch,
+            "seed": self.seed,
+            "world_size": comm.get_world_size(),
+            "rng": gather_rng_states(),
+            "storage": storage_state(self.storage, self._json_writer._last_write if self._json_writer else -1),
+        }
+        tensors = []
+        if comm.get_world_size() > 1 and not epoch_done:  # BatchNorm statistics differ between processes
+            state["buffers"] = comm.all_gather({k: v.detach().cpu().clone() for k, v in persistent_buffers(model).items()})
+        if self.unsupervised and not epoch_done:
+            state["pseudo_labels"] = [torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in self.pseudo_labels]
+            state["memory"] = model.memory.training_state()
+            tensors = state["pseudo_labels"] + [state["memory"][k] for k in sorted(state["memory"])]
+        state["digests"] = check_same_everywhere(parameters_digest(model, *tensors),
+                                                 "parameters, pseudo labels or proxy memories")
+        return state
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """With `resume` and a checkpoint in OUTPUT_DIR (`last_checkpoint`), continue from it exactly;
+        otherwise load MODEL.WEIGHTS (model only) and start at epoch 0."""
+        if not (resume and self.checkpointer.has_checkpoint()):
+            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
+            return
+        path = self.checkpointer.get_checkpoint_file()
+        extra = self.checkpointer.load(path)
+        state = extra.get("trainer")
+        epoch = int(extra.get("epoch", -1))
+        if state is None:  # written before checkpoints held the run's state
+            logger.warning(f"{path} holds no RNG or loader state: training continues at the next epoch, "
+                           f"but not exactly as the interrupted run would have")
+            self.start_epoch = epoch + 1
+            self.start_iter = self.start_epoch * self.iters_per_epoch
+            last_written = self.start_iter - 1
+        else:
+            self.seed = state["seed"]
+            if state["epoch_done"]:
+                self.start_epoch = epoch + 1
+                self.start_iter = self.start_epoch * self.iters_per_epoch
+                self.resumed_epoch_end = epoch
+            else:
+                if state["iters_per_epoch"] != self.iters_per_epoch:
+                    raise CheckpointError(
+                        f"{path} was saved inside an epoch of {state['iters_per_epoch']} iterations; "
+                        f"SOLVER.ITERS_PER_EPOCH is {self.iters_per_epoch}: resume with the same value")
+                self.start_epoch = epoch
+                self.start_iter = state["iteration"] + 1
+                self._mid_epoch_state = state
+            if state["world_size"] == comm.get_world_size():
+                set_rng_state(state["rng"][comm.get_rank()])
+                if "buffers" in state:
+                    unwrap(self.model).load_state_dict(state["buffers"][comm.get_rank()], strict=False)
+            else:
+                logger.warning(f"{path} was saved by {state['world_size']} processes, this run has "
+                               f"{comm.get_world_size()}: the RNG states of the model's random layers differ "
+                               f"from the interrupted run's")
+                set_rng_state(state["rng"][0])
+            self._storage_state = state["storage"]
+            last_written = state["storage"]["last_write"]
+        if not self.unsupervised:  # one loader for the whole run: skip what was trained on
+            self.set_train_loader(build_supervised_train_loader(self.cfg, self.train_items, seed=self.seed,
+                                                                start_batch=self.start_iter))
+        if comm.is_main_process() and self.cfg.OUTPUT_DIR:
+            removed = truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), last_written)
+            self._metrics_written = last_written
+            if removed:
+                logger.info(f"metrics.json: removed {removed} rows written after the checkpoint (they are redone)")
+        where = f"epoch {self.start_epoch}" + (
+            f", iteration {self.start_iter - self.start_epoch * self.iters_per_epoch} of {self.iters_per_epoch}"
+            if self._mid_epoch_state else "")
+        logger.info(f"Resuming from {path} at {where}")
+
+    # ------------------------------------------------------------------ loop
+
+    def train(self):
+        """Run training from `start_epoch` / `start_iter` (inside an epoch after a mid-epoch resume);
+        return the last evaluation's results on the main process."""
+        logger.info(f"Starting training from epoch {self.start_epoch}")
+        self.iter, self.epoch = self.start_iter, self.start_epoch
+        with EventStorage(self.start_iter) as self.storage:
+            self.storage.epoch = self.epoch
+            if self._storage_state is not None:
+                restore_storage(self.storage, self._storage_state)
+            try:
+                self.before_train()
+                for self.epoch in range(self.start_epoch, self.max_epoch):
+                    self.before_epoch()
+                    while self.iter < (self.epoch + 1) * self.iters_per_epoch:
+                        self.before_step()
+                        self.run_step()
+                        self.after_step()
+                        self.iter += 1
+                    self.after_epoch()
+            except Exception:
+                logger.exception("Exception during training:")
+                raise
+            finally:
+                self.after_train()
+        if comm.is_main_process():
+            return getattr(self, "_last_eval_results", None)
+
     def before_epoch(self):
         self.storage.iter = self.iter  # epoch-level scalars go under the epoch's first iteration
+        state, self._mid_epoch_state = self._mid_epoch_state, None
+        if state is not None and self.unsupervised:
+            # The epoch's labels and memory as the checkpoint left them; the ClusterHook skips this epoch.
+            unwrap(self.model).memory.load_training_state(state["memory"])
+            labels = [t.numpy() for t in state["pseudo_labels"]]
+            self.set_pseudo_labels(*labels, start_batch=self.iter - self.epoch * self.iters_per_epoch)
+            self.epoch_restored = True
         super().before_epoch()
 
     def after_epoch(self):
         self.storage.iter = self.iter  # the next epoch's first iteration (see MetricsWriter)
+        if comm.get_world_size() > 1:
+            # Each process's BatchNorm statistics saw only its share of the batches: from here on (for
+            # the checkpoint, the evaluation, the next epoch's features) every process uses rank 0's.
+            for buf in persistent_buffers(unwrap(self.model)).values():
+                torch.distributed.broadcast(buf, src=0)
         super().after_epoch()
+        self.epoch_restored = False
+
+    # ------------------------------------------------------------------ hooks, writers, model, test
 
     def build_hooks(self):
         cfg = self.cfg
         ret = [hooks.IterationTimer(), EpochLRHook(self.scheduler)]
         if self.unsupervised:
             ret += [ClusterHook(cfg, self.train_items), MemoryUpdateHook()]
+        if comm.is_main_process():
+            ret.append(MetricsWriter(self.build_writers, cfg.SOLVER.LOG_PERIOD))
+        ret.append(CheckpointHook(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.CHECKPOINT_ITERS,
+                                  self.max_epoch, self.iters_per_epoch))
 
         def test_and_save_results():
-            self._last_eval_results = self.test(self.cfg, self.model)
+            self._last_eval_results = self.test(self.cfg, self.model, self._put_eval_pictures)
             return self._last_eval_results
 
-        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
-        if comm.is_main_process():
-            ret.append(EpochCheckpointHook(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD, self.max_epoch))
-            ret.append(MetricsWriter(self.build_writers(), cfg.SOLVER.LOG_PERIOD))
+        ret.append(EpochEvalHook(cfg.TEST.EVAL_PERIOD, self.max_epoch, test_and_save_results,
+                                 os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")))
         return ret
 
+    def _put_eval_pictures(self, dataset_name: str, evaluator: ReidEvaluator) -> None:
+        if self.cfg.ANALYSIS.TB_RANKLISTS > 0 or self.cfg.ANALYSIS.TB_HEATMAPS > 0:
+            put_eval_pictures(self.cfg, unwrap(self.model), dataset_name, evaluator.ranking, self.storage)
+
     def build_writers(self):
-        return [
-            CommonMetricPrinter(self.max_iter),
-            JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json")),
-            TensorboardXWriter(self.cfg.OUTPUT_DIR),
-        ]
+        """The console, metrics.json and TensorBoard writers; after a resume they continue after
+        the last iteration the checkpoint's run had written (TensorBoard hides its later events)."""
+        written = self._metrics_written
+        self._json_writer = JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))
+        tensorboard = TensorboardXWriter(self.cfg.OUTPUT_DIR, **({} if written is None else {"purge_step": written + 1}))
+        if written is not None:
+            self._json_writer._last_write = tensorboard._last_write = written
+        return [CommonMetricPrinter(self.max_iter), self._json_writer, tensorboard]
 
     @classmethod
     def build_model(cls, cfg: CfgNode) -> torch.nn.Module:
@@ -119,6 +303,23 @@ class Trainer(DefaultTrainer):
         logger.info(f"Model: {type(model).__name__}, "
                     f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
         return model
+
+    @classmethod
+    def test(cls, cfg: CfgNode, model: torch.nn.Module,
+             evaluated: Optional[Callable[[str, ReidEvaluator], None]] = None):
+        """fast-reid's `test`; `evaluated(dataset_name, evaluator)` runs on the main process after
+        each test set's evaluation, while the evaluator still holds its `ranking`."""
+        results = OrderedDict()
+        for dataset_name in cfg.DATASETS.TESTS:
+            data_loader, evaluator = cls.build_evaluator(cfg, dataset_name)
+            results[dataset_name] = inference_on_dataset(model, data_loader, evaluator,
+                                                         flip_test=cfg.TEST.FLIP.ENABLED)
+            if comm.is_main_process():
+                logger.info(f"Evaluation results for {dataset_name} in csv format:")
+                print_csv_format(OrderedDict(results[dataset_name], dataset=dataset_name))
+                if evaluated is not None:
+                    evaluated(dataset_name, evaluator)
+        return next(iter(results.values())) if len(results) == 1 else results
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str) -> Tuple[DataLoader, int]:

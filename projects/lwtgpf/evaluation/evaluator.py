@@ -3,7 +3,8 @@ import copy
 import itertools
 import logging
 from collections import OrderedDict
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from fastreid.utils import comm
 
 from .rank import evaluate_rank
 
-__all__ = ["ReidEvaluator", "pairwise_distance"]
+__all__ = ["Ranking", "ReidEvaluator", "pairwise_distance"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,20 @@ def pairwise_distance(x: torch.Tensor, y: torch.Tensor, metric: str = "cosine", 
     return out
 
 
+@dataclass
+class Ranking:
+    """What `ReidEvaluator.evaluate()` ranked, kept for pictures of the results (rank lists, curves)."""
+    distmat: np.ndarray  # [Q, G] float32, after AQE / re-ranking when configured
+    q_pids: np.ndarray
+    g_pids: np.ndarray
+    q_camids: np.ndarray
+    g_camids: np.ndarray
+    q_paths: List[str]  # image paths, when the loader gave them (else empty)
+    g_paths: List[str]
+    average_precision: np.ndarray  # [Q], NaN for a query without a true match in another camera
+    cmc: np.ndarray
+
+
 class ReidEvaluator(_FastReidEvaluator):
     """fast-reid's `ReidEvaluator` with exact fast ranking and no Cython build.
 
@@ -53,7 +68,8 @@ class ReidEvaluator(_FastReidEvaluator):
     gathers them from every process (results on the main process only), applies the optional
     average query expansion (TEST.AQE) and k-reciprocal re-ranking (TEST.RERANK: Zhong et al.,
     CVPR 2017, fast-reid's `re_ranking`, dense in (queries + gallery)^2 memory), then returns
-    Rank-1/5/10, mAP, mINP (percent) and `metric` = (mAP + Rank-1) / 2, like fast-reid.
+    Rank-1/5/10, mAP, mINP (percent) and `metric` = (mAP + Rank-1) / 2, like fast-reid. The
+    distances and per-query results stay in `ranking` (main process).
     """
 
     def __init__(self, cfg, num_query: int, output_dir: Optional[str] = None):
@@ -66,6 +82,11 @@ class ReidEvaluator(_FastReidEvaluator):
         self._output_dir = output_dir
         self._cpu_device = torch.device("cpu")
         self._predictions = []
+        self.ranking: Optional[Ranking] = None
+
+    def process(self, inputs, outputs):
+        super().process(inputs, outputs)
+        self._predictions[-1]["paths"] = list(inputs.get("img_paths", []))
 
     def _distance_device(self) -> torch.device:
         device = torch.device(self.cfg.MODEL.DEVICE)
@@ -112,6 +133,13 @@ class ReidEvaluator(_FastReidEvaluator):
         q_pids, g_pids, q_camids, g_camids = pids[:nq], pids[nq:], camids[:nq], camids[nq:]
         cmc, all_AP, all_INP = evaluate_rank(dist, q_pids, g_pids, q_camids, g_camids)
         mAP, mINP = float(np.mean(all_AP)), float(np.mean(all_INP))
+        paths = list(itertools.chain(*(p.get("paths", []) for p in predictions)))
+        paths = paths if len(paths) == len(pids) else []
+        valid = np.array([np.any((g_pids == p) & (g_camids != c)) for p, c in zip(q_pids, q_camids)], dtype=bool)
+        average_precision = np.full(nq, np.nan)
+        average_precision[valid] = all_AP
+        self.ranking = Ranking(dist, q_pids, g_pids, q_camids, g_camids, paths[:nq], paths[nq:],
+                               average_precision, cmc)
 
         self._results = OrderedDict()
         for r in (1, 5, 10):

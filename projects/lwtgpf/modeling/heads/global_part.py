@@ -136,8 +136,11 @@ class GlobalPartHead(nn.Module):
         """Width of the eval-mode (retrieval) feature."""
         return self.feat_dim * (1 if self.eval_feat == "global" else 1 + self.num_parts)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Trunk output -> L2-normalised global and part features [1+P, B, C], global first."""
+    def forward_features(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Trunk output -> L2-normalised global and part features [1+P, B, C], global first.
+
+        ``normalize=False`` gives the BNNeck outputs before the normalisation (for analysis: the
+        gradient of a cosine similarity vanishes where a feature meets itself)."""
         globals_, parts = [], []
         for b, (branch, g) in enumerate(zip(self.branches, self.granularities)):
             glob, fmap = branch_features(branch, x)
@@ -152,7 +155,7 @@ class GlobalPartHead(nn.Module):
             glob = globals_[int(self.global_feat[1:]) - 1]
         raw = torch.cat([glob.unsqueeze(0)] + parts)
         neck = torch.stack([bn(f) for bn, f in zip(self.bnnecks, raw)])
-        return F.normalize(neck, dim=-1)
+        return F.normalize(neck, dim=-1) if normalize else neck
 
     def retrieval_feature(self, features: torch.Tensor) -> torch.Tensor:
         """[1+P, B, C] -> the retrieval feature chosen by ``eval_feat``."""

@@ -151,10 +151,14 @@ class GPO2CAP(nn.Module):
             return torch.as_tensor(batched_inputs["camids"]).to(self.device, torch.long, non_blocking=True)
         return None
 
-    def _features(self, batched_inputs: Batch) -> torch.Tensor:
+    def _features(self, batched_inputs: Batch, normalize: bool = True) -> torch.Tensor:
         images = self.preprocess_image(batched_inputs)
         trunk = self.backbone.forward_trunk(images, self._camids(batched_inputs))
-        return self.heads.forward_features(trunk)
+        return self.heads.forward_features(trunk, normalize)
+
+    def retrieval_embedding(self, batched_inputs: Batch) -> torch.Tensor:
+        """The retrieval feature before its L2 normalisation, in the current mode (for analysis)."""
+        return self.heads.retrieval_feature(self._features(batched_inputs, normalize=False))
 
     def forward(self, batched_inputs: Batch) -> Union[Dict[str, torch.Tensor], torch.Tensor]:
         if not self.training:
