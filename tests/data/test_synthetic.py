@@ -274,8 +274,8 @@ def test_colour_cast_tints_the_whole_image():
     plain = synthetic._make_camera(0, 3, colour_cast=0.0, blur_noise=0.0)
     cast = synthetic._make_camera(0, 3, colour_cast=6.0, blur_noise=0.0)
     assert np.ptp(np.log(cast.gains)) > 0.1
-    a = synthetic._render(ident, plain, synthetic._rng(0, 9)).astype(np.float64)
-    b = synthetic._render(ident, cast, synthetic._rng(0, 9)).astype(np.float64)
+    a = synthetic._render(ident, plain, synthetic._rng(0, 9))[0].astype(np.float64)
+    b = synthetic._render(ident, cast, synthetic._rng(0, 9))[0].astype(np.float64)
     unclipped = (b > 0) & (b < 255)
     assert unclipped.mean() > 0.9
     assert np.abs(b - a * cast.gains)[unclipped].max() <= 0.5 * cast.gains.max() + 0.5 + 1e-6

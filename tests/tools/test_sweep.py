@@ -45,8 +45,8 @@ def test_published_runs_restore_every_remedy_to_the_base_recipe(sweep):
         for part in key.split("."):
             node_b, node_p, node_d = node_b[part], node_p[part], node_d[part]
         assert node_p == node_b == node_d, key  # the published recipe is the package default: remedies off
-    improved = merged(ROOT / "configs/LWTGPF/synthetic.yml")
-    assert improved.CLUSTER.CAMERA_NORM != base.CLUSTER.CAMERA_NORM  # the demo uses the remedy
+    improved = merged(ROOT / "configs/LWTGPF/synthetic.yml", opts=sweep.IMPROVED)
+    assert improved.CLUSTER.CAMERA_NORM == "center" != base.CLUSTER.CAMERA_NORM
 
 
 def test_points_set_the_generator(sweep):
@@ -75,7 +75,7 @@ def test_finished_runs_are_reused_and_the_table_is_written(sweep, tmp_path, monk
     sweep.main(args)
     assert len(calls) == 6  # 2 points x (published, improved, supervised)
     norms = [opts[opts.index("CLUSTER.CAMERA_NORM") + 1] for _, opts in calls if "CLUSTER.CAMERA_NORM" in opts]
-    assert norms == ["'none'", "'none'"]  # the published runs only
+    assert norms == ["'none'", "center"] * 2  # published and improved runs of each point
     assert all(opts[opts.index("SOLVER.MAX_EPOCH") + 1] == "2" for _, opts in calls)
     table = (tmp_path / "table.md").read_text()
     assert "| cast6 | 6 | 0.15 | 1 | 5.0 | 20.0 | 0.25 | 67% | 4.0x | 20.0 | 0.25 | 67% | 4.0x | 30.0 |" in table
