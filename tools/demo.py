@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import lwtgpf  # noqa: F401
 import torch
@@ -30,11 +31,17 @@ def last_results(output_dir: Path) -> dict:
     return evals[-1]
 
 
-def train(config: Path, output_dir: Path, opts) -> dict:
+def train(config: Path, output_dir: Path, opts, console: Optional[Path] = None) -> dict:
+    """Run `tools/train_net.py` and return its last evaluation; `console`: a file for its output."""
     cmd = [sys.executable, str(ROOT / "tools/train_net.py"), "--config-file", str(config),
            "OUTPUT_DIR", str(output_dir), *opts]
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    if console is None:
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    else:
+        console.parent.mkdir(parents=True, exist_ok=True)
+        with open(console, "w") as out:
+            subprocess.run(cmd, check=True, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     return last_results(output_dir)
 
 

@@ -3,6 +3,7 @@
 
     python tools/make_synthetic.py                      # the default set: 6 cameras, 200 + 100 ids
     python tools/make_synthetic.py --occluded --seed 1  # occluded queries, another draw
+    python tools/make_synthetic.py --colour-cast 6 --background-contrast 1  # strong camera bias
 
 The set lands in `<root>/SyntheticReID/<name>`, where the name encodes the parameters, and is
 what `DATASETS.NAMES ("SyntheticReID",)` with the same DATASETS.SYNTHETIC.* values reads.
@@ -14,7 +15,7 @@ import os
 import time
 
 import lwtgpf  # noqa: F401  (fastreid compatibility fixes before fastreid is imported)
-from lwtgpf.data.synthetic import generate_synthetic, synthetic_dir_name
+from lwtgpf.data.synthetic import BIAS_DEFAULTS, generate_synthetic, synthetic_dir_name
 
 
 def main() -> None:
@@ -27,12 +28,20 @@ def main() -> None:
     parser.add_argument("--images-per-id", type=int, default=20, help="training images per identity, on average")
     parser.add_argument("--occluded", action="store_true", help="put occluders on the query images")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--colour-cast", type=float, default=BIAS_DEFAULTS["colour_cast"],
+                        help="strength of each camera's colour cast on the whole image (0 none, 1 default, 6 strong)")
+    parser.add_argument("--background-contrast", type=float, default=BIAS_DEFAULTS["background_contrast"],
+                        help="contrast of each camera's scenery (0 flat grey, 0.15 default, 1 full)")
+    parser.add_argument("--blur-noise", type=float, default=BIAS_DEFAULTS["blur_noise"],
+                        help="factor on each camera's blur and sensor noise (1 default)")
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if the set exists")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     params = dict(num_cameras=args.num_cameras, num_train_ids=args.num_train_ids, num_test_ids=args.num_test_ids,
-                  images_per_id=args.images_per_id, occluded=args.occluded, seed=args.seed)
+                  images_per_id=args.images_per_id, occluded=args.occluded, seed=args.seed,
+                  colour_cast=args.colour_cast, background_contrast=args.background_contrast,
+                  blur_noise=args.blur_noise)
     existed = (os.path.isdir(os.path.join(args.root, "SyntheticReID", synthetic_dir_name(**params)))
                and not args.overwrite)
     start = time.perf_counter()

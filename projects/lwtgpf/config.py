@@ -62,6 +62,8 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.CLUSTER.APPROX.RECALL_SAMPLE = 1000  # queries whose recall@K1 against exact search is logged (0: off)
     _C.CLUSTER.APPROX.SEED = 0  # seed of the k-means sample and initialisation
     _C.CLUSTER.PART_DTYPE = "float32"  # float32 | float16: part features kept until the epoch's proxies exist
+    # Addition beyond the original: features normalised per camera before clustering
+    _C.CLUSTER.CAMERA_NORM = "none"  # none (published) | center | standardize (lwtgpf/camera_norm.py)
     _C.CLUSTER.EMBEDDING_PERIOD = 0  # epochs between TensorBoard projector embeddings of training features (0: off)
     _C.CLUSTER.EMBEDDING_SAMPLES = 1000  # training images (a fixed random sample) in each embedding
 
@@ -90,6 +92,10 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.DATASETS.SYNTHETIC.IMAGES_PER_ID = 20  # training images per identity, on average
     _C.DATASETS.SYNTHETIC.OCCLUDED = False  # put occluders on query images
     _C.DATASETS.SYNTHETIC.SEED = 0
+    # Camera-bias strengths (defaults: the demo's set; docs/BENCHMARKS.md sweeps them)
+    _C.DATASETS.SYNTHETIC.COLOUR_CAST = 1.0  # exponent on each camera's per-channel gains, whole image (0: none)
+    _C.DATASETS.SYNTHETIC.BACKGROUND_CONTRAST = 0.15  # contrast left to each camera's scenery (1: full)
+    _C.DATASETS.SYNTHETIC.BLUR_NOISE = 1.0  # factor on each camera's blur sigma and noise std
 
     # ---------------- Reliability: loading, resume, input checks ----------------
     _C.MODEL.WEIGHTS_PARTIAL = False  # True: a checkpoint that does not fit loads what fits, with a warning (default: stop)

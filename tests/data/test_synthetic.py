@@ -2,6 +2,7 @@
 import json
 import re
 import runpy
+import shutil
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -47,8 +48,11 @@ def test_folder_name_and_marker(tiny):
     assert tiny.name == "c3_tr6_te4_n4_s0" == synthetic_dir_name(**TINY)
     assert tiny.parent.name == "SyntheticReID"
     assert synthetic_dir_name(occluded=True) == "c6_tr200_te100_n20_s0_occ"
+    assert synthetic_dir_name(colour_cast=6, background_contrast=1.0, blur_noise=2.5, occluded=True) == \
+        "c6_tr200_te100_n20_s0_cast6_bg1_bn2.5_occ"
+    assert synthetic_dir_name(background_contrast=0.15, blur_noise=1) == "c6_tr200_te100_n20_s0"
     marker = json.loads((tiny / "synthetic.json").read_text())
-    assert marker["params"] == dict(TINY, occluded=False, seed=0)
+    assert marker["params"] == dict(TINY, occluded=False, seed=0, **synthetic.BIAS_DEFAULTS)
     for sub in SUBDIRS:
         assert marker["counts"][sub] == len(list((tiny / sub).glob("*.jpg")))
 
@@ -175,7 +179,8 @@ def test_existing_folder_reused_checked_and_overwritten(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("key,value", [("num_cameras", 1), ("num_cameras", 10), ("images_per_id", 1),
                                        ("num_train_ids", 0), ("num_test_ids", 9999), ("seed", -1),
-                                       ("occluded", "yes")])
+                                       ("occluded", "yes"), ("colour_cast", -1.0), ("colour_cast", "6"),
+                                       ("background_contrast", 1.5), ("blur_noise", float("nan"))])
 def test_bad_parameters(tmp_path, key, value):
     with pytest.raises(ValueError, match=key):
         generate_synthetic(tmp_path, **dict(TINY, **{key: value}))
@@ -213,20 +218,76 @@ def test_cli(tmp_path, monkeypatch, capsys):
     assert "c2_tr2_te1_n2_s0" in out and "bounding_box_train" in out
 
 
-def test_camera_bias_and_identity_signal(tmp_path):
-    """Same id looks more alike within a camera than across, yet more alike than other ids across."""
-    folder = generate_synthetic(tmp_path, num_cameras=4, num_train_ids=16, num_test_ids=1, images_per_id=8)
+def _pixel_similarities(folder: Path):
+    """Mean pixel cosine of training images: same id and camera, same id across cameras, other
+    ids across cameras. Images are mean-centred: the shared mid-grey of muted scenery is no similarity."""
     paths = sorted((folder / "bounding_box_train").glob("*.jpg"))
     feats = np.stack([cv2.imread(str(p)).astype(np.float64).ravel() for p in paths])
-    feats -= feats.mean(0)  # mean-centred: the shared mid-grey of muted scenery is no similarity
+    feats -= feats.mean(0)
     feats /= np.linalg.norm(feats, axis=1, keepdims=True)
     sim = feats @ feats.T
     pids = np.array([int(p.name[:4]) for p in paths])
     cams = np.array([int(p.name[6]) for p in paths])
     same_id, same_cam = pids[:, None] == pids[None], cams[:, None] == cams[None]
     not_self = ~np.eye(len(paths), dtype=bool)
-    sid_scam = sim[same_id & same_cam & not_self].mean()
-    sid_xcam = sim[same_id & ~same_cam].mean()
-    did_xcam = sim[~same_id & ~same_cam].mean()
+    return sim[same_id & same_cam & not_self].mean(), sim[same_id & ~same_cam].mean(), sim[~same_id & ~same_cam].mean()
+
+
+def test_camera_bias_and_identity_signal(tmp_path):
+    """Same id looks more alike within a camera than across, yet more alike than other ids across."""
+    folder = generate_synthetic(tmp_path, num_cameras=4, num_train_ids=16, num_test_ids=1, images_per_id=8)
+    sid_scam, sid_xcam, did_xcam = _pixel_similarities(folder)
     assert sid_scam > sid_xcam + 0.1
     assert sid_xcam > did_xcam + 0.1
+
+
+def test_marker_without_bias_strengths_is_reused(tiny, tmp_path, monkeypatch):
+    """Sets written before the strengths existed were made at the defaults (same bytes): reused."""
+    legacy = tmp_path / "SyntheticReID" / tiny.name
+    shutil.copytree(tiny, legacy)
+    marker = json.loads((legacy / "synthetic.json").read_text())
+    for key in synthetic.BIAS_DEFAULTS:
+        del marker["params"][key]
+    (legacy / "synthetic.json").write_text(json.dumps(marker))
+    monkeypatch.setattr(synthetic, "_write_set", lambda *a: pytest.fail("must reuse the legacy set"))
+    assert generate_synthetic(tmp_path, **TINY) == legacy
+    # Under a stronger set's name, the same marker records other parameters.
+    legacy.rename(legacy.parent / synthetic_dir_name(**TINY, blur_noise=2.0))
+    with pytest.raises(RuntimeError, match="other parameters"):
+        generate_synthetic(tmp_path, blur_noise=2.0, **TINY)
+
+
+def test_strengths_scale_the_camera_effects_only():
+    base = synthetic._make_camera(0, 2)
+    strong = synthetic._make_camera(0, 2, colour_cast=3.0, background_contrast=1.0, blur_noise=2.0)
+    np.testing.assert_allclose(strong.gains, base.gains.astype(np.float64) ** 3, rtol=1e-6)
+    np.testing.assert_allclose(strong.background - 128, (base.background - 128) / 0.15, atol=1e-3)
+    assert (strong.blur, strong.noise) == (2 * base.blur, 2 * base.noise)
+    for field in ("light", "contrast", "brightness", "scale", "back_prob"):
+        assert np.array_equal(getattr(strong, field), getattr(base, field)), field
+
+
+def test_colour_cast_tints_the_whole_image():
+    """Without blur and noise, a stronger cast multiplies every pixel, person and scenery alike,
+    by the camera's channel gains."""
+    ident = synthetic._make_identity(0, 1)
+    plain = synthetic._make_camera(0, 3, colour_cast=0.0, blur_noise=0.0)
+    cast = synthetic._make_camera(0, 3, colour_cast=6.0, blur_noise=0.0)
+    assert np.ptp(np.log(cast.gains)) > 0.1
+    a = synthetic._render(ident, plain, synthetic._rng(0, 9))[0].astype(np.float64)
+    b = synthetic._render(ident, cast, synthetic._rng(0, 9))[0].astype(np.float64)
+    unclipped = (b > 0) & (b < 255)
+    assert unclipped.mean() > 0.9
+    assert np.abs(b - a * cast.gains)[unclipped].max() <= 0.5 * cast.gains.max() + 0.5 + 1e-6
+
+
+def _camera_margin(folder: Path) -> float:
+    sid_scam, sid_xcam, _ = _pixel_similarities(folder)
+    return sid_scam - sid_xcam
+
+
+def test_colour_cast_and_scenery_make_the_camera_bias_stronger(tmp_path):
+    small = dict(num_cameras=4, num_train_ids=12, num_test_ids=1, images_per_id=8)
+    default = _camera_margin(generate_synthetic(tmp_path, **small))
+    for strength in (dict(colour_cast=6.0), dict(background_contrast=1.0)):
+        assert _camera_margin(generate_synthetic(tmp_path, **small, **strength)) > default + 0.2, strength

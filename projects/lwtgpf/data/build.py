@@ -80,6 +80,9 @@ def dataset_kwargs(cfg: CfgNode) -> Dict[str, object]:
         "synthetic_images_per_id": syn.IMAGES_PER_ID,
         "synthetic_occluded": syn.OCCLUDED,
         "synthetic_seed": syn.SEED,
+        "synthetic_colour_cast": syn.COLOUR_CAST,
+        "synthetic_background_contrast": syn.BACKGROUND_CONTRAST,
+        "synthetic_blur_noise": syn.BLUR_NOISE,
     }
 
 

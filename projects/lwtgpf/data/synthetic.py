@@ -6,7 +6,9 @@ varies pose, scale, crop offset and mirroring; every camera has its own backgrou
 cast, lighting, blur and noise. The camera effects are strong enough that one person looks
 more alike within a camera than across cameras, which is the problem camera-aware proxies
 address, while across cameras one person still looks more alike than two different people,
-so the task stays learnable.
+so the task stays learnable. Three strengths make the camera bias harder (`colour_cast`,
+`background_contrast`, `blur_noise`; DATASETS.SYNTHETIC.*); at their defaults the set is the
+one the demo trains on.
 
 Images are rendered at twice the stored size with OpenCV primitives and reduced with area
 interpolation (cheap anti-aliasing), then stored as fixed-quality JPEG. Every random draw
@@ -35,7 +37,7 @@ from fastreid.data.datasets import DATASET_REGISTRY
 
 from .datasets.market_layout import MarketLayoutDataset
 
-__all__ = ["SyntheticReID", "generate_synthetic", "person_box", "synthetic_dir_name", "IMAGE_SIZE"]
+__all__ = ["SyntheticReID", "generate_synthetic", "person_box", "synthetic_dir_name", "IMAGE_SIZE", "BIAS_DEFAULTS"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +47,19 @@ _CH, _CW = IMAGE_SIZE[0] * _SS, IMAGE_SIZE[1] * _SS
 _BG_MARGIN = 16  # extra background around the canvas, so crop offsets move the scene
 _JPEG_QUALITY = 92
 _FORMAT_VERSION = 3  # 3: format 2's images plus person_boxes.csv
-# Real detector crops are dominated by the person. Each camera's scenery is muted towards grey:
-# it stays the camera's own (with its colour cast, light, blur and noise), but identity is the
-# strongest cue that a randomly initialised network (the CPU demo's) picks up, as pretrained
-# weights would on real data. Measured on the demo config: with full-contrast scenery, an
-# untrained LewinViT had almost no cross-camera same-identity nearest neighbours and 15 epochs
-# of LWTGPF reached about 2 mAP; muted by 0.6, 26 mAP; by 0.85, 57 mAP (supervised: 87-88).
-_BACKGROUND_MUTE = 0.85
+# Strengths of the per-camera effects (DATASETS.SYNTHETIC.COLOUR_CAST, BACKGROUND_CONTRAST,
+# BLUR_NOISE). Real detector crops are dominated by the person; by default each camera's
+# scenery keeps 0.15 of its contrast (muted towards grey): it stays the camera's own, but
+# identity is the strongest cue that a randomly initialised network (the CPU demo's) picks up,
+# as pretrained weights would on real data. Measured on the demo config with the published
+# recipe: with full-contrast scenery (1.0), an untrained LewinViT had almost no cross-camera
+# same-identity nearest neighbours and 15 epochs of LWTGPF reached about 2 mAP; at 0.4, 26 mAP;
+# at 0.15, 57 mAP (supervised: 87-88). docs/BENCHMARKS.md has the whole grid.
+BIAS_DEFAULTS = {
+    "colour_cast": 1.0,  # exponent on every camera's per-channel gains (whole image): 0 none, 3 strong
+    "background_contrast": 0.15,  # contrast left to every camera's scenery: 0 flat grey, 1 full
+    "blur_noise": 1.0,  # factor on every camera's blur sigma and sensor-noise std
+}
 _MARKER = "synthetic.json"
 _BOXES = "person_boxes.csv"
 _SUBDIRS = ("bounding_box_train", "query", "bounding_box_test")
@@ -80,15 +88,25 @@ Colour = Tuple[int, int, int]
 Paint = Union[Colour, np.ndarray]
 
 
+_BIAS_TAGS = {"colour_cast": "cast", "background_contrast": "bg", "blur_noise": "bn"}
+
+
 def synthetic_dir_name(num_cameras: int = 6, num_train_ids: int = 200, num_test_ids: int = 100,
-                       images_per_id: int = 20, occluded: bool = False, seed: int = 0) -> str:
-    """Folder name of one parameter setting, e.g. `c6_tr200_te100_n20_s0` (`_occ` when occluded)."""
+                       images_per_id: int = 20, occluded: bool = False, seed: int = 0,
+                       colour_cast: float = 1.0, background_contrast: float = 0.15, blur_noise: float = 1.0) -> str:
+    """Folder name of one parameter setting, e.g. `c6_tr200_te100_n20_s0` (`_occ` when occluded);
+    bias strengths other than the defaults add `_cast3`, `_bg1`, `_bn2`."""
     name = f"c{num_cameras}_tr{num_train_ids}_te{num_test_ids}_n{images_per_id}_s{seed}"
+    strengths = dict(colour_cast=colour_cast, background_contrast=background_contrast, blur_noise=blur_noise)
+    for key, tag in _BIAS_TAGS.items():
+        if float(strengths[key]) != BIAS_DEFAULTS[key]:
+            name += f"_{tag}{float(strengths[key]):g}"
     return name + "_occ" if occluded else name
 
 
 def _check_params(num_cameras: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
-                  occluded: bool, seed: int) -> None:
+                  occluded: bool, seed: int, colour_cast: float = 1.0, background_contrast: float = 0.15,
+                  blur_noise: float = 1.0) -> None:
     def fail(name: str, key: str, value, expected: str) -> None:
         raise ValueError(f"SyntheticReID: {name} (config DATASETS.SYNTHETIC.{key}) is {value!r}; "
                          f"expected {expected}")
@@ -116,6 +134,13 @@ def _check_params(num_cameras: int, num_train_ids: int, num_test_ids: int, image
         fail("images_per_id", "IMAGES_PER_ID", images_per_id, "at least 2 (two cameras per identity)")
     if seed < 0:
         fail("seed", "SEED", seed, "a non-negative integer")
+    for name, key, value, top in (("colour_cast", "COLOUR_CAST", colour_cast, np.inf),
+                                  ("background_contrast", "BACKGROUND_CONTRAST", background_contrast, 1.0),
+                                  ("blur_noise", "BLUR_NOISE", blur_noise, np.inf)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            fail(name, key, value, "a number")
+        if not (np.isfinite(value) and 0 <= value <= top):
+            fail(name, key, value, "a finite number >= 0" + (f" and <= {top:g}" if np.isfinite(top) else ""))
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -202,7 +227,7 @@ def _make_identity(seed: int, pid: int) -> _Identity:
 class _Camera:
     background: np.ndarray  # float32 [_CH + 2m, _CW + 2m, 3]
     light: np.ndarray  # float32 [_CH, _CW, 1] illumination multiplier
-    gains: np.ndarray  # per-channel colour cast
+    gains: np.ndarray  # per-channel colour cast, on the whole image (person included)
     contrast: float
     brightness: float
     blur: float  # Gaussian sigma on the supersampled canvas
@@ -211,7 +236,7 @@ class _Camera:
     back_prob: float  # chance of seeing a person from behind
 
 
-def _make_background(rng: np.random.Generator) -> np.ndarray:
+def _make_background(rng: np.random.Generator, contrast: float) -> np.ndarray:
     h, w = _CH + 2 * _BG_MARGIN, _CW + 2 * _BG_MARGIN
     wall = _jitter(rng, _SCENE[rng.integers(len(_SCENE))], 30)
     floor = _jitter(rng, _SCENE[rng.integers(len(_SCENE))], 30)
@@ -241,7 +266,7 @@ def _make_background(rng: np.random.Generator) -> np.ndarray:
         cv2.line(img, (vx, horizon), (int(x), h - 1), floor_line, 2)
     for _ in range(int(rng.integers(1, 4))):
         _draw_structure(rng, img, horizon)
-    return img * (1 - _BACKGROUND_MUTE) + _BACKGROUND_MUTE * 128
+    return img * contrast + (1 - contrast) * 128
 
 
 def _draw_structure(rng: np.random.Generator, img: np.ndarray, horizon: int) -> None:
@@ -275,9 +300,12 @@ def _draw_structure(rng: np.random.Generator, img: np.ndarray, horizon: int) -> 
                       _as_colour(bright), -1)
 
 
-def _make_camera(seed: int, cam: int) -> _Camera:
+def _make_camera(seed: int, cam: int, colour_cast: float = 1.0, background_contrast: float = 0.15,
+                 blur_noise: float = 1.0) -> _Camera:
+    """Camera `cam`; the strengths scale its effects without changing any random draw, so sets
+    that differ only in strengths show the same people, poses and scenes."""
     rng = _rng(seed, _SEED_CAMERA, cam)
-    background = _make_background(rng)
+    background = _make_background(rng, background_contrast)
     # Directional light: a linear ramp across the frame in a random direction.
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:_CH, 0:_CW].astype(np.float32)
@@ -286,11 +314,12 @@ def _make_camera(seed: int, cam: int) -> _Camera:
     return _Camera(
         background=background,
         light=light,
-        gains=np.clip(rng.normal(1.0, 0.05, 3), 0.88, 1.12).astype(np.float32),
+        # A power keeps the gains positive and their ratios symmetric (gain g and 1/g equally strong).
+        gains=(np.clip(rng.normal(1.0, 0.05, 3), 0.88, 1.12) ** colour_cast).astype(np.float32),
         contrast=float(rng.uniform(0.9, 1.05)),
         brightness=float(rng.uniform(-12, 10)),
-        blur=float(rng.choice([0.0, rng.uniform(0.8, 2.2)])),
-        noise=float(rng.uniform(1.0, 8.0)),
+        blur=float(rng.choice([0.0, rng.uniform(0.8, 2.2)])) * blur_noise,
+        noise=float(rng.uniform(1.0, 8.0)) * blur_noise,
         scale=float(rng.uniform(0.88, 1.02)),
         back_prob=float(rng.uniform(0.0, 1.0)),
     )
@@ -523,9 +552,11 @@ def _test_plan(seed: int, pid: int, num_cameras: int) -> Tuple[List[int], List[i
 # ----------------------------------------------------------------------------- generation
 
 def _params(num_cameras: int, num_train_ids: int, num_test_ids: int, images_per_id: int, occluded: bool,
-            seed: int) -> Dict[str, object]:
+            seed: int, colour_cast: float, background_contrast: float, blur_noise: float) -> Dict[str, object]:
     return dict(num_cameras=int(num_cameras), num_train_ids=int(num_train_ids), num_test_ids=int(num_test_ids),
-                images_per_id=int(images_per_id), occluded=bool(occluded), seed=int(seed))
+                images_per_id=int(images_per_id), occluded=bool(occluded), seed=int(seed),
+                colour_cast=float(colour_cast), background_contrast=float(background_contrast),
+                blur_noise=float(blur_noise))
 
 
 def _read_marker(folder: Path) -> Optional[dict]:
@@ -535,11 +566,20 @@ def _read_marker(folder: Path) -> Optional[dict]:
         return None
 
 
+def _recorded_params(marker: Optional[dict]) -> Optional[dict]:
+    """The parameters a marker records; markers written before the bias strengths existed hold
+    sets made at the default strengths (same bytes)."""
+    if marker is None or not isinstance(marker.get("params"), dict):
+        return None
+    return {**BIAS_DEFAULTS, **marker["params"]}
+
+
 def _write_set(folder: Path, params: Dict[str, object]) -> Dict[str, int]:
     seed, num_cameras = params["seed"], params["num_cameras"]
     for sub in _SUBDIRS:
         (folder / sub).mkdir()
-    cameras = {c: _make_camera(seed, c) for c in range(1, num_cameras + 1)}
+    strengths = {key: params[key] for key in BIAS_DEFAULTS}
+    cameras = {c: _make_camera(seed, c, **strengths) for c in range(1, num_cameras + 1)}
     counts = dict.fromkeys(_SUBDIRS, 0)
     boxes = []
 
@@ -580,22 +620,27 @@ def _pid_alive(pid: int) -> bool:
 
 def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: int = 6, num_train_ids: int = 200,
                        num_test_ids: int = 100, images_per_id: int = 20, occluded: bool = False, seed: int = 0,
+                       colour_cast: float = 1.0, background_contrast: float = 0.15, blur_noise: float = 1.0,
                        overwrite: bool = False) -> Path:
     """Render the synthetic set under `<root>/SyntheticReID/<name>` and return that folder.
 
-    An existing complete set with the same parameters is reused unless `overwrite`. The set is
-    written into a hidden sibling folder and renamed into place at the end, so an interrupted
-    run never leaves a folder that looks complete; `synthetic.json` in it records the parameters.
+    `colour_cast`, `background_contrast` and `blur_noise` set the strength of the camera bias
+    (see `BIAS_DEFAULTS`). An existing complete set with the same parameters is reused unless
+    `overwrite`. The set is written into a hidden sibling folder and renamed into place at the
+    end, so an interrupted run never leaves a folder that looks complete; `synthetic.json` in it
+    records the parameters.
     """
-    _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed)
-    params = _params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed)
+    _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed,
+                  colour_cast, background_contrast, blur_noise)
+    params = _params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed,
+                     colour_cast, background_contrast, blur_noise)
     parent = Path(root) / "SyntheticReID"
     name = synthetic_dir_name(**params)
     target = parent / name
 
     if target.exists() and not overwrite:
         marker = _read_marker(target)
-        if marker is None or marker.get("params") != params:
+        if _recorded_params(marker) != params:
             raise RuntimeError(
                 f"SyntheticReID: {target} exists but its {_MARKER} is missing or records other parameters "
                 f"than {params}; delete the folder or generate with overwrite=True")
@@ -627,7 +672,7 @@ def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: 
             os.rename(tmp, target)
         except OSError:
             # Another process (e.g. another training rank) finished the same set first.
-            if (_read_marker(target) or {}).get("params") != params:
+            if _recorded_params(_read_marker(target)) != params:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
@@ -677,10 +722,12 @@ class SyntheticReID(MarketLayoutDataset):
 
     def __init__(self, root: str = "datasets", synthetic_num_cameras: int = 6, synthetic_num_train_ids: int = 200,
                  synthetic_num_test_ids: int = 100, synthetic_images_per_id: int = 20,
-                 synthetic_occluded: bool = False, synthetic_seed: int = 0, **kwargs) -> None:
+                 synthetic_occluded: bool = False, synthetic_seed: int = 0, synthetic_colour_cast: float = 1.0,
+                 synthetic_background_contrast: float = 0.15, synthetic_blur_noise: float = 1.0, **kwargs) -> None:
         self.root = root
         folder = generate_synthetic(
             root, num_cameras=synthetic_num_cameras, num_train_ids=synthetic_num_train_ids,
             num_test_ids=synthetic_num_test_ids, images_per_id=synthetic_images_per_id,
-            occluded=synthetic_occluded, seed=synthetic_seed)
+            occluded=synthetic_occluded, seed=synthetic_seed, colour_cast=synthetic_colour_cast,
+            background_contrast=synthetic_background_contrast, blur_noise=synthetic_blur_noise)
         super().__init__(folder, num_cameras=synthetic_num_cameras, **kwargs)

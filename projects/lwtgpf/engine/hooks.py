@@ -17,6 +17,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.nn.parallel import DistributedDataParallel
 
 from ..analysis.tensorboard import EmbeddingProjector
+from ..camera_norm import camera_normalise, check_camera_norm
 from ..clustering import pseudo_labels
 from ..data.build import Item, build_inference_loader
 from ..knn import KnnSearch
@@ -167,11 +168,14 @@ class ClusterHook(HookBase):
     Features are extracted in eval mode with the test transform and the camera ids, each process
     its share (`features.extract_features`); the processes share the neighbour search, the main
     process clusters and broadcasts the labels (`clustering.pseudo_labels(..., distributed=True)`), so every
-    process trains on the same proxies; the memory is built from per-process sums.
+    process trains on the same proxies; the memory is built from per-process sums. With
+    CLUSTER.CAMERA_NORM the clustering sees the global features normalised per camera (METHOD.md
+    section 9); the memory is built from the model's own features.
     """
 
     def __init__(self, cfg, items: List[Item]):
         self.cfg = cfg
+        self.camera_norm = check_camera_norm(cfg.CLUSTER.CAMERA_NORM)
         self.items = items
         self.cams = np.asarray([cam for _, _, cam in items], dtype=np.int64)
         self.gt = np.unique(np.asarray([str(pid) for _, pid, _ in items]), return_inverse=True)[1]
@@ -189,7 +193,8 @@ class ClusterHook(HookBase):
         features = extract_features(model, self.loader, len(self.items), cfg.PART_DTYPE)
         stats = {}
         cluster_labels, proxy_labels = pseudo_labels(
-            features.global_all, self.cams, eps=cfg.EPS, min_samples=cfg.MIN_SAMPLES, k1=cfg.K1, k2=cfg.K2,
+            camera_normalise(features.global_all, self.cams, self.camera_norm), self.cams, eps=cfg.EPS,
+            min_samples=cfg.MIN_SAMPLES, k1=cfg.K1, k2=cfg.K2,
             knn_backend=KnnSearch.from_config(cfg), stats=stats, distributed=True)
         reset_memory(model.memory, features, cluster_labels, proxy_labels, self.cams)
         if self.projector is not None and epoch % cfg.EMBEDDING_PERIOD == 0:
@@ -201,6 +206,16 @@ class ClusterHook(HookBase):
 
     def _report(self, epoch: int, cluster_labels: np.ndarray, proxy_labels: np.ndarray,
                 stats: Dict[str, float]) -> None:
+        # Share of clusters that join two cameras or more (a proxy is one camera of one cluster).
+        kept = proxy_labels >= 0
+        proxy_cluster = np.zeros(int(proxy_labels.max()) + 1, dtype=np.int64)
+        proxy_cluster[proxy_labels[kept]] = cluster_labels[kept]
+        stats["cross_camera"] = float((np.bincount(proxy_cluster) > 1).mean())
+        if stats["cross_camera"] < 0.1 and len(np.unique(self.cams)) > 1:
+            hint = (" If this lasts, try CLUSTER.CAMERA_NORM center (docs/METHOD.md, section 9)."
+                    if self.camera_norm == "none" else "")
+            logger.warning(f"Epoch {epoch}: only {100 * stats['cross_camera']:.0f}% of the clusters join several "
+                           f"cameras: the pseudo labels follow the cameras, not the people.{hint}")
         # Outliers count as singletons: pseudo labels that leave images out must not look better.
         outlier = cluster_labels < 0
         singleton = np.where(outlier, cluster_labels.max() + 1 + np.arange(len(cluster_labels)), cluster_labels)
