@@ -58,8 +58,8 @@ def test_approx_search_is_exact_search_over_the_probed_cells():
 
 
 def test_cell_counts_follow_n():
-    assert KnnSearch("approx").cells(100_000) == (316, 48)
-    assert KnnSearch("approx").cells(1_000_000) == (1000, 48)
+    assert KnnSearch("approx").cells(100_000) == (316, 32)
+    assert KnnSearch("approx").cells(1_000_000) == (1000, 32)
     assert KnnSearch("approx").cells(300) == (4, 4)  # at least 64 rows per cell, nprobe <= nlist
     assert KnnSearch("approx", nlist=50, nprobe=60).cells(10_000) == (50, 50)
 

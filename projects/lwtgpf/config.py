@@ -57,7 +57,7 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.CLUSTER.KNN_FP16 = False  # faiss on a GPU keeps the features in float16 (candidates re-ranked in float64)
     _C.CLUSTER.APPROX = CN()
     _C.CLUSTER.APPROX.NLIST = 0  # k-means cells of the approx search (0: round(sqrt(N)), at most N / 64)
-    _C.CLUSTER.APPROX.NPROBE = 0  # cells scanned per query (0: 48)
+    _C.CLUSTER.APPROX.NPROBE = 0  # cells scanned per query (0: 32)
     _C.CLUSTER.APPROX.PRECISION = "auto"  # auto | bfloat16 | float32: the scan's products (auto: bfloat16 where native)
     _C.CLUSTER.APPROX.RECALL_SAMPLE = 1000  # queries whose recall@K1 against exact search is logged (0: off)
     _C.CLUSTER.APPROX.SEED = 0  # seed of the k-means sample and initialisation
