@@ -27,10 +27,10 @@ from typing import Dict, List, Optional, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lwtgpf  # noqa: E402,F401  (fastreid compatibility fixes before fastreid is imported)
-from fastreid.config import get_cfg  # noqa: E402
 
 from demo import ROOT, SUPERVISED, UNSUPERVISED, train, untrained  # noqa: E402
-from lwtgpf.config import add_lwtgpf_config  # noqa: E402
+from lwtgpf.analysis.cli import parse_args  # noqa: E402
+from lwtgpf.engine.cli import load_config  # noqa: E402
 
 BASE = ROOT / "configs/LWTGPF/Base-LWTGPF.yml"
 
@@ -56,9 +56,7 @@ METHODS = ("untrained", "published", "improved", "supervised")
 
 def published_opts() -> List[str]:
     """KEY VALUE pairs that put every remedy key back to the published recipe (Base-LWTGPF.yml)."""
-    cfg = get_cfg()
-    add_lwtgpf_config(cfg)
-    cfg.merge_from_file(str(BASE))
+    cfg = load_config(str(BASE))
     opts = []
     for key in REMEDY_KEYS:
         node = cfg
@@ -140,15 +138,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     parser.add_argument("--output-dir", type=Path, default=None, help="default: logs/sweep_s<seed>")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)  # KEY VALUE overrides checked for pairs there
     points = [p for p in args.points.split(",") if p]
     methods = [m for m in args.methods.split(",") if m]
     for name, chosen, known in (("--points", points, GRID), ("--methods", methods, METHODS)):
         unknown = [c for c in chosen if c not in known]
         if unknown:
             parser.error(f"{name}: unknown {', '.join(unknown)}; expected some of {', '.join(known)}")
-    if len(args.opts) % 2:
-        parser.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
     out = args.output_dir or ROOT / f"logs/sweep_s{args.seed}"
     published = published_opts()
 

@@ -12,13 +12,12 @@ import time
 
 import numpy as np
 import torch
-from fastreid.config import get_cfg
 
 from lwtgpf.camera_norm import camera_normalise
 from lwtgpf.clustering import knn, pseudo_labels
-from lwtgpf.config import add_lwtgpf_config
 from lwtgpf.data.build import load_train_items
 from lwtgpf.engine import Trainer
+from lwtgpf.engine.cli import load_config
 from lwtgpf.engine.features import extract_features
 from lwtgpf.engine.hooks import ClusterHook
 from sweep import GRID, UNSUPERVISED, point_opts
@@ -34,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     rows = []
     for point in args.points.split(","):
-        cfg = add_lwtgpf_config(get_cfg())
-        cfg.merge_from_file(str(UNSUPERVISED))
-        cfg.merge_from_list(point_opts(point, args.seed) + list(args.opts))
+        cfg = load_config(str(UNSUPERVISED), point_opts(point, args.seed) + list(args.opts))
         torch.manual_seed(0)
         model = Trainer.build_model(cfg)
         hook = ClusterHook(cfg, load_train_items(cfg))
