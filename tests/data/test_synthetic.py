@@ -177,6 +177,28 @@ def test_existing_folder_reused_checked_and_overwritten(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "SyntheticReID").iterdir()] == [folder.name]
 
 
+def test_a_set_finished_by_another_process_meanwhile_is_kept(tmp_path, monkeypatch):
+    # Two runs started on the same new set: the other one renames its copy into place while this
+    # one renders; this one must neither delete nor replace it (the other may be reading it).
+    real = synthetic._write_set
+    other = generate_synthetic(tmp_path / "other", **TINY)
+
+    def other_process_finishes_first(folder, params):
+        counts = real(folder, params)
+        target = tmp_path / "SyntheticReID" / other.name
+        shutil.copytree(other, target)
+        (target / "in_use").write_text("opened by the other run")
+        return counts
+
+    monkeypatch.setattr(synthetic, "_write_set", other_process_finishes_first)
+    folder = generate_synthetic(tmp_path, **TINY)
+    assert (folder / "in_use").read_text() == "opened by the other run"
+    assert [p.name for p in (tmp_path / "SyntheticReID").iterdir()] == [folder.name]  # this copy dropped
+    monkeypatch.undo()
+    assert generate_synthetic(tmp_path, overwrite=True, **TINY) == folder  # overwrite still replaces it
+    assert not (folder / "in_use").exists()
+
+
 @pytest.mark.parametrize("key,value", [("num_cameras", 1), ("num_cameras", 10), ("images_per_id", 1),
                                        ("num_train_ids", 0), ("num_test_ids", 9999), ("seed", -1),
                                        ("occluded", "yes"), ("colour_cast", -1.0), ("colour_cast", "6"),

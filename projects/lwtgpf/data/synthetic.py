@@ -574,6 +574,11 @@ def _recorded_params(marker: Optional[dict]) -> Optional[dict]:
     return {**BIAS_DEFAULTS, **marker["params"]}
 
 
+def _is_current(marker: Optional[dict], params: Dict[str, object]) -> bool:
+    """Whether a set's marker records `params` and this generator's format."""
+    return _recorded_params(marker) == params and marker.get("format_version") == _FORMAT_VERSION
+
+
 def _write_set(folder: Path, params: Dict[str, object]) -> Dict[str, int]:
     seed, num_cameras = params["seed"], params["num_cameras"]
     for sub in _SUBDIRS:
@@ -644,7 +649,7 @@ def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: 
             raise RuntimeError(
                 f"SyntheticReID: {target} exists but its {_MARKER} is missing or records other parameters "
                 f"than {params}; delete the folder or generate with overwrite=True")
-        if marker.get("format_version") == _FORMAT_VERSION:
+        if _is_current(marker, params):
             return target
         logger.info(f"SyntheticReID: {target} was made by an older generator "
                     f"(format {marker.get('format_version')}, now {_FORMAT_VERSION}); regenerating it")
@@ -664,7 +669,12 @@ def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: 
         marker = dict(dataset="SyntheticReID", format_version=_FORMAT_VERSION, params=params,
                       image_size=list(IMAGE_SIZE), counts=counts)
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        if target.exists():  # overwrite: move the old set aside only once the new one is complete
+        if target.exists() and not overwrite and _is_current(_read_marker(target), params):
+            # Another process (another run, another training rank) finished the same set while this
+            # one rendered: keep its folder, which may already be read, and drop this copy.
+            shutil.rmtree(tmp, ignore_errors=True)
+            return target
+        if target.exists():  # overwrite, or an older format: move it aside once the new set is complete
             old = parent / f".{name}.old{os.getpid()}"
             os.rename(target, old)
             shutil.rmtree(old)
