@@ -1,16 +1,20 @@
 #!/usr/bin/env python
 """LWTGPF under camera bias: the untrained model, LWTGPF with the published recipe, LWTGPF with
-the camera-bias remedies and the supervised reference, over a grid of bias strengths.
+the camera-bias remedies and the supervised reference (with the images as published and as the
+remedies prepare them), over a grid of bias strengths.
 
     python tools/sweep.py --seed 1                                   # the whole grid
     python tools/sweep.py --points default,cast6 --methods published,improved
     python tools/sweep.py --seed 0 --output-dir logs/sweep_s0 DATASETS.SYNTHETIC.NUM_TRAIN_IDS 100
 
 Methods (each run is `tools/train_net.py`, as in `make demo`):
-  untrained   configs/LWTGPF/synthetic.yml's model, random init, evaluated without training;
+  untrained   configs/LWTGPF/synthetic.yml's model, random init, evaluated without training (as published);
   published   configs/LWTGPF/synthetic.yml with every remedy key at its Base-LWTGPF.yml value;
   improved    configs/LWTGPF/synthetic.yml with the remedies of IMPROVED turned on;
-  supervised  configs/Supervised/synthetic.yml (identity labels, same backbone and budget).
+  supervised  configs/Supervised/synthetic.yml (identity labels, same backbone and budget);
+  supervised_improved  the same with IMPROVED (its input steps, e.g. INPUT.GRAY_WORLD, apply to it).
+The published runs are compared with the supervised reference, the improved ones with
+supervised_improved: each recipe with labels and the same images.
 A grid point sets DATASETS.SYNTHETIC.COLOUR_CAST / BACKGROUND_CONTRAST / BLUR_NOISE; --seed sets
 DATASETS.SYNTHETIC.SEED; KEY VALUE pairs after the options go to every run. A run whose
 `result.json` records the same command is reused, so an interrupted sweep goes on where it
@@ -35,9 +39,10 @@ from lwtgpf.engine.cli import load_config  # noqa: E402
 BASE = ROOT / "configs/LWTGPF/Base-LWTGPF.yml"
 
 # The config keys of the camera-bias remedies (docs/METHOD.md, "Additions beyond the original").
-REMEDY_KEYS = ("CLUSTER.CAMERA_NORM",)
-# The remedies the "improved" runs turn on (every shipped config keeps them off).
-IMPROVED = ["CLUSTER.CAMERA_NORM", "center"]
+REMEDY_KEYS = ("CLUSTER.CAMERA_NORM", "INPUT.GRAY_WORLD")
+# The remedies the "improved" runs turn on (as configs/LWTGPF/synthetic.yml does; the benchmark
+# configs keep them off).
+IMPROVED = ["CLUSTER.CAMERA_NORM", "center", "INPUT.GRAY_WORLD", "True"]
 
 # Grid points: DATASETS.SYNTHETIC.* strengths. One bias at a time at three strengths (the
 # default set is the first strength of each), then all three at their strongest.
@@ -51,7 +56,10 @@ GRID: Dict[str, Dict[str, float]] = {
     "bn3": {"BLUR_NOISE": 3.0},
     "all": {"COLOUR_CAST": 6.0, "BACKGROUND_CONTRAST": 1.0, "BLUR_NOISE": 3.0},
 }
-METHODS = ("untrained", "published", "improved", "supervised")
+METHODS = ("untrained", "published", "improved", "supervised", "supervised_improved")
+# The supervised reference each LWTGPF recipe is compared with.
+REFERENCE = {"published": "supervised", "improved": "supervised_improved"}
+EXTRA_OPTS = {"improved": IMPROVED, "supervised": [], "supervised_improved": IMPROVED}  # others: published
 
 
 def published_opts() -> List[str]:
@@ -75,7 +83,7 @@ def point_opts(point: str, seed: int) -> List[str]:
 
 def run(method: str, run_dir: Path, opts: Sequence[str]) -> dict:
     """The last evaluation of one run (reused when `result.json` records the same command)."""
-    config = SUPERVISED if method == "supervised" else UNSUPERVISED
+    config = SUPERVISED if method.startswith("supervised") else UNSUPERVISED
     command = {"method": method, "config": str(config.relative_to(ROOT)), "opts": list(opts)}
     record = run_dir / "result.json"
     if record.is_file():
@@ -110,15 +118,15 @@ def table(results: Dict[str, Dict[str, dict]], points: Sequence[str]) -> str:
         r, res = results.get(point, {}), results.get(point, {}).get(method)
         if not res:
             return "- | -"
-        sup, raw = r.get("supervised"), r.get("untrained")
+        sup, raw = r.get(REFERENCE[method]), r.get("untrained")
         vs_sup = f"{100 * res['mAP'] / sup['mAP']:.0f}%" if sup else "-"
         vs_raw = f"{res['mAP'] / raw['mAP']:.1f}x" if raw else "-"
         return f"{vs_sup} | {vs_raw}"
 
     lines = [
         "| point | colour cast | background | blur/noise | untrained | published | (ARI) | vs sup. | vs untr. "
-        "| improved | (ARI) | vs sup. | vs untr. | supervised |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| improved | (ARI) | vs sup. | vs untr. | supervised | supervised, improved inputs |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for point in points:
         strengths = GRID[point]
@@ -127,7 +135,7 @@ def table(results: Dict[str, Dict[str, dict]], points: Sequence[str]) -> str:
             f"{strengths.get('BLUR_NOISE', 1.0):g}", cell(point, "untrained"),
             cell(point, "published"), cell(point, "published", "last_ari", "{:.2f}"), ratios(point, "published"),
             cell(point, "improved"), cell(point, "improved", "last_ari", "{:.2f}"), ratios(point, "improved"),
-            cell(point, "supervised")]) + " |")
+            cell(point, "supervised"), cell(point, "supervised_improved")]) + " |")
     return "\n".join(lines)
 
 
@@ -151,7 +159,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     results: Dict[str, Dict[str, dict]] = {}
     for point in points:
         for method in methods:
-            opts = point_opts(point, args.seed) + list(args.opts) + {"published": published, "improved": IMPROVED}.get(method, [])
+            opts = point_opts(point, args.seed) + list(args.opts) + EXTRA_OPTS.get(method, published)
             results.setdefault(point, {})[method] = res = run(method, out / point / method, opts)
             print(f"[sweep] {point:8s} {method:10s} mAP {res['mAP']:6.2f}  Rank-1 {res['Rank-1']:6.2f}  "
                   f"({res['minutes']:.1f} min)", flush=True)

@@ -83,6 +83,11 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.SOLVER.ITERS_PER_EPOCH = 200  # iterations per epoch (0: one pass over the training set)
     _C.SOLVER.WARMUP_EPOCHS = 10  # linear warm-up from SOLVER.WARMUP_FACTOR x BASE_LR, epoch-wise
     _C.SOLVER.LOG_PERIOD = 20  # iterations between console / metrics.json / TensorBoard writes
+    _C.INPUT.GRAY_WORLD = False  # grey-world white balance of every image, train and test (not in the original)
+    _C.INPUT.CHANNEL_GAIN = CN()  # white-balance jitter in training (lwtgpf/data/transforms.py; not in the original)
+    _C.INPUT.CHANNEL_GAIN.ENABLED = False
+    _C.INPUT.CHANNEL_GAIN.PROB = 0.5  # share of training images jittered
+    _C.INPUT.CHANNEL_GAIN.MAX_LOG = 0.5  # each channel's gain is exp(u), u uniform in [-MAX_LOG, MAX_LOG]
     _C.DATASETS.CUSTOM_DIR = ""  # folder in Market-1501 layout, read by the MarketLayout dataset
     _C.DATASETS.CUHK03_VARIANT = "labeled"  # labeled | detected (CUHK03NP)
     _C.DATASETS.SYNTHETIC = CN()

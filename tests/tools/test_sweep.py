@@ -47,6 +47,9 @@ def test_published_runs_restore_every_remedy_to_the_base_recipe(sweep):
         assert node_p == node_b == node_d, key  # the published recipe is the package default: remedies off
     improved = merged(ROOT / "configs/LWTGPF/synthetic.yml", opts=sweep.IMPROVED)
     assert improved.CLUSTER.CAMERA_NORM == "center" != base.CLUSTER.CAMERA_NORM
+    assert improved.INPUT.GRAY_WORLD and not base.INPUT.GRAY_WORLD and not published.INPUT.GRAY_WORLD
+    supervised = merged(ROOT / "configs/LWTGPF/synthetic.yml", ROOT / "configs/Supervised/synthetic.yml")
+    assert not supervised.INPUT.GRAY_WORLD  # the reference sees the images as published
 
 
 def test_points_set_the_generator(sweep):
@@ -67,22 +70,34 @@ def test_finished_runs_are_reused_and_the_table_is_written(sweep, tmp_path, monk
         calls.append((Path(config).name, list(opts)))
         output_dir.mkdir(parents=True)
         (output_dir / "metrics.json").write_text(json.dumps({"cluster/ari": 0.25}) + "\n")
-        return {"mAP": 30.0 if "Supervised" in str(config) else 20.0, "Rank-1": 40.0}
+        if "Supervised" in str(config):  # the reference with the improved inputs scores 40
+            return {"mAP": 40.0 if "center" in opts else 30.0, "Rank-1": 40.0}
+        return {"mAP": 20.0, "Rank-1": 40.0}
 
     monkeypatch.setattr(sweep, "train", fake_train)
-    monkeypatch.setattr(sweep, "untrained", lambda config, opts: {"mAP": 5.0, "Rank-1": 8.0})
+    untrained_opts = []
+
+    def fake_untrained(config, opts):
+        untrained_opts.append(list(opts))
+        return {"mAP": 5.0, "Rank-1": 8.0}
+
+    monkeypatch.setattr(sweep, "untrained", fake_untrained)
     args = ["--points", "default,cast6", "--output-dir", str(tmp_path), "SOLVER.MAX_EPOCH", "2"]
     sweep.main(args)
-    assert len(calls) == 6  # 2 points x (published, improved, supervised)
+    assert len(calls) == 8  # 2 points x (published, improved, supervised, supervised_improved)
     norms = [opts[opts.index("CLUSTER.CAMERA_NORM") + 1] for _, opts in calls if "CLUSTER.CAMERA_NORM" in opts]
-    assert norms == ["'none'", "center"] * 2  # published and improved runs of each point
+    assert norms == ["'none'", "center", "center"] * 2  # published, improved, supervised_improved of each point
+    assert [opts[opts.index("INPUT.GRAY_WORLD") + 1] for _, opts in calls if "INPUT.GRAY_WORLD" in opts] == \
+        ["False", "True", "True"] * 2
+    assert sum("CLUSTER.CAMERA_NORM" not in opts for _, opts in calls) == 2  # the supervised reference as published
+    assert untrained_opts and all(opts[-4:] == sweep.published_opts() for opts in untrained_opts)
     assert all(opts[opts.index("SOLVER.MAX_EPOCH") + 1] == "2" for _, opts in calls)
     table = (tmp_path / "table.md").read_text()
-    assert "| cast6 | 6 | 0.15 | 1 | 5.0 | 20.0 | 0.25 | 67% | 4.0x | 20.0 | 0.25 | 67% | 4.0x | 30.0 |" in table
+    assert "| cast6 | 6 | 0.15 | 1 | 5.0 | 20.0 | 0.25 | 67% | 4.0x | 20.0 | 0.25 | 50% | 4.0x | 30.0 | 40.0 |" in table  # each recipe vs its own reference
     sweep.main(args)  # everything reused
-    assert len(calls) == 6
+    assert len(calls) == 8
     sweep.main(args[:-1] + ["3"])  # another command: run again, the old run kept aside
-    assert len(calls) == 12
+    assert len(calls) == 16
     assert len(list(tmp_path.glob("cast6/improved.replaced-*"))) == 1
     assert table.splitlines()[0] in capsys.readouterr().out
 

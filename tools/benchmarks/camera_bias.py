@@ -1,13 +1,14 @@
 """Camera bias at the start of training: neighbours and clusters of the untrained demo model.
 
 For each synthetic grid point of tools/sweep.py, the training-set features of the untrained model
-of configs/LWTGPF/synthetic.yml (random init, torch seed 0) are clustered as in the first epoch,
-once as they are (CLUSTER.CAMERA_NORM none, the published recipe) and once centred per camera
-(center). Reported: the share of each image's k nearest neighbours that show the same person in
+of configs/LWTGPF/synthetic.yml (random init, torch seed 0), from the images as they are and
+white-balanced (INPUT.GRAY_WORLD False / True), are clustered as in the first epoch, once as they
+are (CLUSTER.CAMERA_NORM none, the published recipe) and once centred per camera (center). Reported: the share of each image's k nearest neighbours that show the same person in
 another camera (what the clustering must find), and how many clusters join two cameras or more.
 Identities are used for these measurements only.
 """
 import argparse
+import itertools
 import time
 
 import numpy as np
@@ -32,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     rows = []
-    for point in args.points.split(","):
-        cfg = load_config(str(UNSUPERVISED), point_opts(point, args.seed) + list(args.opts))
+    for point, gray_world in itertools.product(args.points.split(","), (False, True)):
+        cfg = load_config(str(UNSUPERVISED), point_opts(point, args.seed) + list(args.opts)
+                          + ["INPUT.GRAY_WORLD", str(gray_world)])
         torch.manual_seed(0)
         model = Trainer.build_model(cfg)
         hook = ClusterHook(cfg, load_train_items(cfg))
@@ -52,12 +54,13 @@ def main(args: argparse.Namespace) -> None:
             proxy_cluster = np.zeros(proxies.max() + 1, dtype=np.int64)
             proxy_cluster[proxies[kept]] = clusters[kept]
             joined = int((np.bincount(proxy_cluster) > 1).sum())
-            rows.append(f"| {point} | {len(x)} | {mode} | {100 * (same_person & other_cam).mean():.1f}% | "
+            rows.append(f"| {point} | {len(x)} | {'yes' if gray_world else 'no'} | {mode} | "
+                        f"{100 * (same_person & other_cam).mean():.1f}% | "
                         f"{100 * same_person.mean():.1f}% | {100 * other_cam.mean():.1f}% | "
                         f"{joined} of {clusters.max() + 1} | {100 * (~kept).mean():.0f}% | {1000 * seconds:.1f} |")
             print(rows[-1], flush=True)
     print(f"\nShares of each training image's {args.k} nearest neighbours; clusters of the first epoch.\n")
-    print("| point | images | CAMERA_NORM | same person, other camera | same person | other camera "
+    print("| point | images | grey world | CAMERA_NORM | same person, other camera | same person | other camera "
           "| clusters joining cameras | outliers | normalisation ms |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))

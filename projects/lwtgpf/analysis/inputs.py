@@ -1,14 +1,14 @@
-"""Images as the model sees them: fast-reid's test transform, camera ids from Market-style names."""
+"""Images as the model sees them: the test transform (lwtgpf.data.transforms), camera ids from Market-style names."""
 import os
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from fastreid.config import CfgNode
-from fastreid.data.transforms import build_transforms
 
 from ..data.datasets.market_layout import parse_market_name
 from ..data.io import read_image
+from ..data.transforms import build_test_transforms
 
 __all__ = ["camera_id", "load_batch"]
 
@@ -27,7 +27,7 @@ def camera_id(path: str, camera: Optional[int] = None) -> int:
 def load_batch(cfg: CfgNode, paths: Sequence[str], camids: Sequence[int]) -> Tuple[dict, List[np.ndarray]]:
     """A batch as fast-reid's test loader gives it (images float [B, 3, H, W] in 0-255 at
     INPUT.SIZE_TEST, camera ids int64 [B], paths), and the images as read (RGB uint8, own size)."""
-    transform = build_transforms(cfg, is_train=False)
+    transform = build_test_transforms(cfg)
     images, originals = [], []
     for path in paths:
         img = read_image(path, "RGB")

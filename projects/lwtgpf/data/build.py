@@ -15,7 +15,6 @@ from fastreid.data.build import fast_batch_collator
 from fastreid.data.common import CommDataset
 from fastreid.data.datasets import DATASET_REGISTRY
 from fastreid.data.samplers import InferenceSampler, NaiveIdentitySampler, TrainingSampler
-from fastreid.data.transforms import build_transforms
 from fastreid.utils import comm
 from torch.utils.data import BatchSampler, DataLoader
 
@@ -24,6 +23,7 @@ from .datasets.market_layout import layout_tree
 from .io import read_image
 from .samplers import ClusterBalancedSampler, ProxyBalancedSampler
 from .seeding import PrivateRNGSampler, SeededBatches, derive_seed, seeded_rngs
+from .transforms import build_test_transforms, build_train_transforms
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -200,7 +200,7 @@ def build_supervised_train_loader(cfg: CfgNode, items: Sequence[Item], seed: Opt
     Batches and augmentation are a function of `seed` (default: one shared by all processes);
     `start_batch` skips the batches a resumed run has already trained on.
     """
-    dataset = ImageDataset(list(items), build_transforms(cfg, is_train=True), relabel=True)
+    dataset = ImageDataset(list(items), build_train_transforms(cfg), relabel=True)
     seed = comm.shared_random_seed() if seed is None else seed
     name = cfg.DATALOADER.SAMPLER_TRAIN
     if name == "TrainingSampler":
@@ -227,7 +227,7 @@ def build_pseudo_label_loader(
     """
     keep = np.flatnonzero(proxy_labels >= 0)
     epoch_items = [(items[i][0], int(proxy_labels[i]), items[i][2]) for i in keep]
-    dataset = ImageDataset(epoch_items, build_transforms(cfg, is_train=True), relabel=False)
+    dataset = ImageDataset(epoch_items, build_train_transforms(cfg), relabel=False)
     seed = comm.shared_random_seed() if seed is None else seed
     name = cfg.DATALOADER.SAMPLER_TRAIN
     if name == "ProxyBalancedSampler":
@@ -246,7 +246,7 @@ def build_pseudo_label_loader(
 
 def build_inference_loader(cfg: CfgNode, items: Sequence[Item]) -> DataLoader:
     """Test-transform loader over `items` in order, sharded across processes."""
-    dataset = ImageDataset(list(items), build_transforms(cfg, is_train=False), relabel=False)
+    dataset = ImageDataset(list(items), build_test_transforms(cfg), relabel=False)
     local = max(cfg.TEST.IMS_PER_BATCH // comm.get_world_size(), 1)
     return _loader(cfg, dataset, BatchSampler(InferenceSampler(len(dataset)), local, drop_last=False))
 
