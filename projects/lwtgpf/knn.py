@@ -12,8 +12,9 @@ float64, so two exact backends give the same neighbour lists.
   query-block x cell-block products on the features' device, in bfloat16 where the device
   multiplies it natively (3.5x float32's speed at the scan's product sizes on an AVX512-BF16
   CPU; the candidates are re-ranked in float64 all the same), so it runs at matrix-product speed
-  (faiss's CPU IVF scan compares a query with one stored vector at a time). The re-ranked lists then take in their reverse
-  neighbours (`add_reverse`), which repairs most of what the probes missed at no new product.
+  (faiss's CPU IVF scan compares a query with one stored vector at a time). The re-ranked lists
+  then take in their reverse neighbours (`add_reverse`), which repairs most of what the probes
+  missed at no new product.
   It needs no faiss and runs on CPU and GPU alike.
 - ``auto``: faiss when it can search on the features' device, else torch.
 
