@@ -3,8 +3,9 @@
 For each synthetic grid point of tools/sweep.py, the training-set features of the untrained model
 of configs/LWTGPF/synthetic.yml (random init, torch seed 0), from the images as they are and
 white-balanced (INPUT.GRAY_WORLD False / True), are clustered as in the first epoch, once as they
-are (CLUSTER.CAMERA_NORM none, the published recipe) and once centred per camera (center). Reported: the share of each image's k nearest neighbours that show the same person in
-another camera (what the clustering must find), and how many clusters join two cameras or more.
+are (CLUSTER.CAMERA_NORM none, the published recipe) and once centred per camera (center).
+Reported: the share of each image's k nearest neighbours that show the same person in another
+camera (what the clustering must find), and how many clusters join two cameras or more.
 Identities are used for these measurements only.
 """
 import argparse
