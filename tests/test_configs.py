@@ -51,3 +51,58 @@ def test_baseline_models_build_and_run(name, opts):
         feats = model.extract_features(batch)
     assert feats.shape[:2] == (6, 2)
     assert torch.allclose(feats.norm(dim=-1), torch.ones(6, 2), atol=1e-5)
+
+
+def flat(node, prefix=""):
+    """A config as {dotted key: value}."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def differing(a, b):
+    fa, fb = flat(a), flat(b)
+    return {key for key in set(fa) | set(fb) if fa.get(key) != fb.get(key)}
+
+
+# What the demo may set otherwise than the published recipe, by the reason its scale allows.
+DEMO_SCALE = {
+    "model size": {"MODEL.BACKBONE.LEWINVIT.EMBED_DIM", "MODEL.BACKBONE.LEWINVIT.DEPTHS",
+                   "MODEL.BACKBONE.LEWINVIT.NUM_HEADS", "MODEL.BACKBONE.LEWINVIT.WINDOW_SIZE"},
+    "input size": {"INPUT.SIZE_TRAIN", "INPUT.SIZE_TEST", "INPUT.PADDING.SIZE"},
+    "budget": {"SOLVER.BASE_LR", "SOLVER.MAX_EPOCH", "SOLVER.ITERS_PER_EPOCH", "SOLVER.WARMUP_EPOCHS",
+               "SOLVER.STEPS", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.LOG_PERIOD", "TEST.EVAL_PERIOD"},
+    "data": {"DATASETS.NAMES", "DATASETS.TESTS", "MODEL.BACKBONE.NUM_CAMERAS", "MODEL.BACKBONE.PRETRAIN_PATH"},
+    "machine": {"MODEL.DEVICE", "DATALOADER.NUM_WORKERS", "TEST.IMS_PER_BATCH", "CUDNN_BENCHMARK", "SEED",
+                "OUTPUT_DIR"},
+}
+# The camera-bias additions beyond the original (docs/METHOD.md section 9).
+ADDITIONS = {"CLUSTER.CAMERA_NORM": "center", "INPUT.GRAY_WORLD": True}
+
+
+def test_demo_is_the_published_recipe_at_demo_size():
+    base, demo = load(CONFIG_DIR / "LWTGPF" / "Base-LWTGPF.yml"), load(CONFIG_DIR / "LWTGPF" / "synthetic.yml")
+    allowed = set().union(*DEMO_SCALE.values())
+    assert differing(base, demo) <= allowed, sorted(differing(base, demo) - allowed)
+    # the recipe itself, spelled out: a failure here names the key
+    for key in ("MODEL.BACKBONE.PRETRAIN", "SOLVER.OPT", "SOLVER.MOMENTUM", "SOLVER.WEIGHT_DECAY",
+                "MODEL.BACKBONE.LEWINVIT.FINAL_NORM", "CLUSTER.CAMERA_NORM", "INPUT.GRAY_WORLD"):
+        assert flat(demo)[key] == flat(base)[key], key
+    assert demo.MODEL.BACKBONE.PRETRAIN and demo.SOLVER.OPT == "SGD"
+
+
+def test_plus_config_is_the_demo_plus_the_additions():
+    demo, plus = load(CONFIG_DIR / "LWTGPF" / "synthetic.yml"), load(CONFIG_DIR / "LWTGPF" / "synthetic_plus.yml")
+    assert differing(demo, plus) == set(ADDITIONS) | {"OUTPUT_DIR"}
+    assert {key: flat(plus)[key] for key in ADDITIONS} == ADDITIONS
+
+
+def test_supervised_reference_starts_where_the_demo_starts():
+    demo, sup = load(CONFIG_DIR / "LWTGPF" / "synthetic.yml"), load(CONFIG_DIR / "Supervised" / "synthetic.yml")
+    same = ("MODEL.BACKBONE.PRETRAIN", "MODEL.BACKBONE.PRETRAIN_PATH", "SOLVER.OPT", "SOLVER.BASE_LR",
+            "SOLVER.MAX_EPOCH", "SOLVER.ITERS_PER_EPOCH", "SOLVER.STEPS", "INPUT.GRAY_WORLD", "SEED")
+    assert {k: flat(sup)[k] for k in same} == {k: flat(demo)[k] for k in same}

@@ -1,22 +1,26 @@
 #!/usr/bin/env python
-"""LWTGPF under camera bias: the untrained model, LWTGPF with the published recipe, LWTGPF with
-the camera-bias remedies and the supervised reference (with the images as published and as the
-remedies prepare them), over a grid of bias strengths.
+"""LWTGPF under camera bias: the model before training, LWTGPF with the published recipe, LWTGPF
+with the camera-bias additions and the supervised reference, over a grid of bias strengths, from
+pretrained weights (as every user starts) or from random init.
 
-    python tools/sweep.py --seed 1                                   # the whole grid
-    python tools/sweep.py --points default,cast6 --methods published,improved
+    python tools/sweep.py --seed 1                                   # the whole grid, pretrained start
+    python tools/sweep.py --seed 1 --start random                    # the whole grid, random init
+    python tools/sweep.py --points default,cast6 --methods published,plus
     python tools/sweep.py --seed 0 --output-dir logs/sweep_s0 DATASETS.SYNTHETIC.NUM_TRAIN_IDS 100
 
 Methods (each run is `tools/train_net.py`, as in `make demo`):
-  untrained   configs/LWTGPF/synthetic.yml's model, random init, evaluated without training (as published);
-  published   configs/LWTGPF/synthetic.yml with every remedy key at its Base-LWTGPF.yml value;
-  improved    configs/LWTGPF/synthetic.yml with the remedies of IMPROVED turned on;
-  supervised  configs/Supervised/synthetic.yml (identity labels, same backbone and budget);
-  supervised_improved  the same with IMPROVED (its input steps, e.g. INPUT.GRAY_WORLD, apply to it).
-The published runs are compared with the supervised reference, the improved ones with
-supervised_improved: each recipe with labels and the same images.
+  random_init      configs/LWTGPF/synthetic.yml's model at random init, evaluated without training;
+  direct           its pretrained model evaluated without training (direct transfer; pretrained start only);
+  published        configs/LWTGPF/synthetic.yml: the published recipe at demo size;
+  plus             configs/LWTGPF/synthetic_plus.yml: the same plus the camera-bias additions;
+  supervised       configs/Supervised/synthetic.yml (identity labels, same start, backbone and budget);
+  supervised_plus  the same with the additions' input steps (INPUT.GRAY_WORLD), which change its images.
+--start random runs every method from random init with the recipe the demo had before it had
+pretrained weights (RANDOM_INIT_RECIPE). LWTGPF runs are compared with the supervised reference
+that sees the same images (supervised_plus for plus when it was run) and with the model they
+start from (direct transfer, or random init).
 A grid point sets DATASETS.SYNTHETIC.COLOUR_CAST / BACKGROUND_CONTRAST / BLUR_NOISE; --seed sets
-DATASETS.SYNTHETIC.SEED; KEY VALUE pairs after the options go to every run. A run whose
+DATASETS.SYNTHETIC.SEED; KEY VALUE pairs after the options go to every run, last (they win). A run whose
 `result.json` records the same command is reused, so an interrupted sweep goes on where it
 stopped (a run made with another command is moved aside). The markdown table goes to stdout and
 to <output-dir>/table.md.
@@ -32,17 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import lwtgpf  # noqa: E402,F401  (fastreid compatibility fixes before fastreid is imported)
 
-from demo import ROOT, SUPERVISED, UNSUPERVISED, train, untrained  # noqa: E402
+from demo import RANDOM_INIT, ROOT, SUPERVISED, UNSUPERVISED, train, untrained  # noqa: E402
 from lwtgpf.analysis.cli import parse_args  # noqa: E402
 from lwtgpf.engine.cli import load_config  # noqa: E402
 
-BASE = ROOT / "configs/LWTGPF/Base-LWTGPF.yml"
-
-# The config keys of the camera-bias remedies (docs/METHOD.md, "Additions beyond the original").
-REMEDY_KEYS = ("CLUSTER.CAMERA_NORM", "INPUT.GRAY_WORLD")
-# The remedies the "improved" runs turn on (as configs/LWTGPF/synthetic.yml does; the benchmark
-# configs keep them off).
-IMPROVED = ["CLUSTER.CAMERA_NORM", "center", "INPUT.GRAY_WORLD", "True"]
+PLUS = ROOT / "configs/LWTGPF/synthetic_plus.yml"
 
 # Grid points: DATASETS.SYNTHETIC.* strengths. One bias at a time at three strengths (the
 # default set is the first strength of each), then all three at their strongest.
@@ -56,21 +54,32 @@ GRID: Dict[str, Dict[str, float]] = {
     "bn3": {"BLUR_NOISE": 3.0},
     "all": {"COLOUR_CAST": 6.0, "BACKGROUND_CONTRAST": 1.0, "BLUR_NOISE": 3.0},
 }
-METHODS = ("untrained", "published", "improved", "supervised", "supervised_improved")
-# The supervised reference each LWTGPF recipe is compared with.
-REFERENCE = {"published": "supervised", "improved": "supervised_improved"}
-EXTRA_OPTS = {"improved": IMPROVED, "supervised": [], "supervised_improved": IMPROVED}  # others: published
+METHODS = ("random_init", "direct", "published", "plus", "supervised", "supervised_plus")
+CONFIGS = {"random_init": UNSUPERVISED, "direct": UNSUPERVISED, "published": UNSUPERVISED, "plus": PLUS,
+           "supervised": SUPERVISED, "supervised_plus": SUPERVISED}
+# The demo's recipe before it had pretrained weights: random init, Adam, a final LayerNorm, no
+# drop path, 15 epochs x 60 iterations (docs/BENCHMARKS.md, "Learning under camera bias").
+RANDOM_INIT_RECIPE = RANDOM_INIT + [
+    "SOLVER.OPT", "Adam", "SOLVER.BASE_LR", "0.00035", "SOLVER.MAX_EPOCH", "15", "SOLVER.ITERS_PER_EPOCH", "60",
+    "SOLVER.WARMUP_EPOCHS", "2", "SOLVER.STEPS", "[12]", "TEST.EVAL_PERIOD", "15",
+    "MODEL.BACKBONE.LEWINVIT.FINAL_NORM", "True", "MODEL.BACKBONE.DROP_PATH_RATIO", "0.0"]
+START_OPTS = {"pretrained": [], "random": RANDOM_INIT_RECIPE}
 
 
-def published_opts() -> List[str]:
-    """KEY VALUE pairs that put every remedy key back to the published recipe (Base-LWTGPF.yml)."""
-    cfg = load_config(str(BASE))
-    opts = []
-    for key in REMEDY_KEYS:
-        node = cfg
-        for part in key.split("."):
-            node = node[part]
-        opts += [key, repr(node) if isinstance(node, str) else str(node)]
+def plus_input_opts() -> List[str]:
+    """KEY VALUE pairs of the INPUT.* keys that synthetic_plus.yml changes: what the additions do to
+    the images, which a supervised run sees too (the clustering additions do not touch it)."""
+    published, plus = load_config(str(UNSUPERVISED)), load_config(str(PLUS))
+    return [item for key in plus.INPUT if plus.INPUT[key] != published.INPUT[key]
+            for item in (f"INPUT.{key}", str(plus.INPUT[key]))]
+
+
+def method_opts(method: str, start: str) -> List[str]:
+    opts = list(START_OPTS[start])
+    if method == "random_init" and start == "pretrained":
+        opts += RANDOM_INIT
+    if method == "supervised_plus":
+        opts += plus_input_opts()
     return opts
 
 
@@ -83,7 +92,7 @@ def point_opts(point: str, seed: int) -> List[str]:
 
 def run(method: str, run_dir: Path, opts: Sequence[str]) -> dict:
     """The last evaluation of one run (reused when `result.json` records the same command)."""
-    config = SUPERVISED if method.startswith("supervised") else UNSUPERVISED
+    config = CONFIGS[method]
     command = {"method": method, "config": str(config.relative_to(ROOT)), "opts": list(opts)}
     record = run_dir / "result.json"
     if record.is_file():
@@ -95,7 +104,7 @@ def run(method: str, run_dir: Path, opts: Sequence[str]) -> dict:
         run_dir.rename(stale)
         print(f"[sweep] {run_dir} held another run; moved to {stale}", flush=True)
     start = time.time()
-    if method == "untrained":
+    if method in ("random_init", "direct"):
         result = {k: float(v) for k, v in untrained(config, opts).items()}
     else:
         result = dict(train(config, run_dir, opts, console=run_dir / "console.txt"))
@@ -109,42 +118,56 @@ def run(method: str, run_dir: Path, opts: Sequence[str]) -> dict:
     return result
 
 
-def table(results: Dict[str, Dict[str, dict]], points: Sequence[str]) -> str:
+def table(results: Dict[str, Dict[str, dict]], points: Sequence[str], start: str = "pretrained") -> str:
+    """The markdown table: mAP of every method, ARI of LWTGPF's last pseudo labels, and LWTGPF
+    against its supervised reference (the one with the same images) and against its start."""
+    origin = "direct" if start == "pretrained" else "random_init"
+
     def cell(point: str, method: str, key: str = "mAP", fmt: str = "{:.1f}") -> str:
         r = results.get(point, {}).get(method)
         return fmt.format(r[key]) if r and key in r else "-"
 
     def ratios(point: str, method: str) -> str:
-        r, res = results.get(point, {}), results.get(point, {}).get(method)
+        r = results.get(point, {})
+        res = r.get(method)
         if not res:
             return "- | -"
-        sup, raw = r.get(REFERENCE[method]), r.get("untrained")
+        sup = r.get("supervised_plus") if method == "plus" and "supervised_plus" in r else r.get("supervised")
+        base = r.get(origin)
         vs_sup = f"{100 * res['mAP'] / sup['mAP']:.0f}%" if sup else "-"
-        vs_raw = f"{res['mAP'] / raw['mAP']:.1f}x" if raw else "-"
-        return f"{vs_sup} | {vs_raw}"
+        vs_base = f"{res['mAP'] / base['mAP']:.1f}x" if base else "-"
+        return f"{vs_sup} | {vs_base}"
 
-    lines = [
-        "| point | colour cast | background | blur/noise | untrained | published | (ARI) | vs sup. | vs untr. "
-        "| improved | (ARI) | vs sup. | vs untr. | supervised | supervised, improved inputs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    before = ["random init", "direct transfer"] if start == "pretrained" else ["random init"]
+    lwtgpf = [f"{m} | (ARI) | vs sup. | vs {'direct' if start == 'pretrained' else 'random'}"
+              for m in ("published", "plus")]
+    header = ["point", "colour cast", "background", "blur/noise", *before, *lwtgpf, "supervised",
+              "supervised, plus inputs"]
+    columns = sum(h.count("|") + 1 for h in header)
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (columns - 1) + "|"]
     for point in points:
         strengths = GRID[point]
-        lines.append(" | ".join([
-            f"| {point}", f"{strengths.get('COLOUR_CAST', 1.0):g}", f"{strengths.get('BACKGROUND_CONTRAST', 0.15):g}",
-            f"{strengths.get('BLUR_NOISE', 1.0):g}", cell(point, "untrained"),
-            cell(point, "published"), cell(point, "published", "last_ari", "{:.2f}"), ratios(point, "published"),
-            cell(point, "improved"), cell(point, "improved", "last_ari", "{:.2f}"), ratios(point, "improved"),
-            cell(point, "supervised"), cell(point, "supervised_improved")]) + " |")
+        row = [point, f"{strengths.get('COLOUR_CAST', 1.0):g}", f"{strengths.get('BACKGROUND_CONTRAST', 0.15):g}",
+               f"{strengths.get('BLUR_NOISE', 1.0):g}", cell(point, "random_init")]
+        if start == "pretrained":
+            row.append(cell(point, "direct"))
+        for method in ("published", "plus"):
+            row += [cell(point, method), cell(point, method, "last_ari", "{:.2f}"), ratios(point, method)]
+        row += [cell(point, "supervised"), cell(point, "supervised_plus")]
+        lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=1, help="DATASETS.SYNTHETIC.SEED of every grid point")
+    parser.add_argument("--start", choices=sorted(START_OPTS), default="pretrained",
+                        help="pretrained weights (the demo configs as they are) or random init")
     parser.add_argument("--points", default=",".join(GRID), help=f"comma-separated subset of {', '.join(GRID)}")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
-    parser.add_argument("--output-dir", type=Path, default=None, help="default: logs/sweep_s<seed>")
+    parser.add_argument("--methods", default="random_init,direct,published,plus,supervised",
+                        help=f"comma-separated subset of {', '.join(METHODS)}")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="default: logs/sweep_s<seed> (pretrained), logs/sweep_random_s<seed> (random)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every run")
     args = parse_args(parser, argv)  # KEY VALUE overrides checked for pairs there
     points = [p for p in args.points.split(",") if p]
@@ -153,17 +176,18 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         unknown = [c for c in chosen if c not in known]
         if unknown:
             parser.error(f"{name}: unknown {', '.join(unknown)}; expected some of {', '.join(known)}")
-    out = args.output_dir or ROOT / f"logs/sweep_s{args.seed}"
-    published = published_opts()
+    if args.start == "random":
+        methods = [m for m in methods if m != "direct"]  # nothing to transfer
+    out = args.output_dir or ROOT / f"logs/sweep{'_random' if args.start == 'random' else ''}_s{args.seed}"
 
     results: Dict[str, Dict[str, dict]] = {}
     for point in points:
         for method in methods:
-            opts = point_opts(point, args.seed) + list(args.opts) + EXTRA_OPTS.get(method, published)
+            opts = point_opts(point, args.seed) + method_opts(method, args.start) + list(args.opts)
             results.setdefault(point, {})[method] = res = run(method, out / point / method, opts)
-            print(f"[sweep] {point:8s} {method:10s} mAP {res['mAP']:6.2f}  Rank-1 {res['Rank-1']:6.2f}  "
+            print(f"[sweep] {point:8s} {method:15s} mAP {res['mAP']:6.2f}  Rank-1 {res['Rank-1']:6.2f}  "
                   f"({res['minutes']:.1f} min)", flush=True)
-    text = table(results, points)
+    text = table(results, points, args.start)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(text + "\n")
     print(text)

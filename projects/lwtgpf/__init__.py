@@ -4,7 +4,7 @@ Importing the package fixes fastreid 1.4.0's imports on today's stack (`compat`,
 registers every dataset, backbone, head and meta-architecture in fast-reid's registries.
 """
 from . import compat  # noqa: F401  (must run before anything imports fastreid)
-from .data import datasets, synthetic  # noqa: F401,E402
+from .data import datasets, population, synthetic  # noqa: F401,E402
 from .modeling import backbones, heads, meta_arch  # noqa: F401,E402
 
 __version__ = "0.1.0"

@@ -101,6 +101,13 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.DATASETS.SYNTHETIC.COLOUR_CAST = 1.0  # exponent on each camera's per-channel gains, whole image (0: none)
     _C.DATASETS.SYNTHETIC.BACKGROUND_CONTRAST = 0.15  # contrast left to each camera's scenery (1: full)
     _C.DATASETS.SYNTHETIC.BLUR_NOISE = 1.0  # factor on each camera's blur sigma and noise std
+    # The pretraining population (lwtgpf/data/population.py; tools/pretrain.py), disjoint from every SyntheticReID set
+    _C.DATASETS.POPULATION = CN()
+    _C.DATASETS.POPULATION.NUM_IDS = 2400  # people of its training split
+    _C.DATASETS.POPULATION.NUM_TEST_IDS = 100  # other people, in its query / gallery (monitoring only)
+    _C.DATASETS.POPULATION.NUM_CAMERAS = 36  # camera styles, each with bias strengths drawn at random
+    _C.DATASETS.POPULATION.IMAGES_PER_ID = 8
+    _C.DATASETS.POPULATION.SEED = 0
 
     # ---------------- Reliability: loading, resume, input checks ----------------
     _C.MODEL.WEIGHTS_PARTIAL = False  # True: a checkpoint that does not fit loads what fits, with a warning (default: stop)

@@ -20,6 +20,7 @@ CONFIG = str(ROOT / "configs/LWTGPF/synthetic.yml")
 PAUSING = str(Path(__file__).resolve().parent / "pausing_train_net.py")
 TINY = [
     "MODEL.DEVICE", "cpu",
+    "MODEL.BACKBONE.PRETRAIN", "False",  # random init: the demo's pretrained file is of another size
     "MODEL.BACKBONE.LEWINVIT.EMBED_DIM", "8",
     "MODEL.BACKBONE.LEWINVIT.DEPTHS", "[1,1,1,1]",
     "MODEL.BACKBONE.LEWINVIT.NUM_HEADS", "[1,1,2,2]",

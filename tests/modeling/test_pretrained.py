@@ -1,6 +1,8 @@
 """Pretrained Swin files (SOLIDER / timm layouts) into LewinViT."""
+import hashlib
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 import timm
@@ -8,8 +10,11 @@ import torch
 import torch.nn as nn
 
 import lwtgpf  # noqa: F401  (fastreid compatibility first)
-from lwtgpf.modeling.backbones.lewinvit import LewinViT
-from lwtgpf.modeling.backbones.pretrained import adapt_rel_pos_table, load_pretrained, mmcls_merge_to_timm
+from lwtgpf.engine.cli import load_config
+from lwtgpf.modeling.backbones.lewinvit import LewinViT, build_lewinvit_backbone
+from lwtgpf.modeling.backbones.pretrained import (adapt_rel_pos_table, lewinvit_to_solider, load_pretrained,
+                                                  mmcls_merge_to_timm, read_state_dict, solider_to_timm,
+                                                  timm_to_lewinvit)
 
 SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2))
 ORDER = (0, 2, 1, 3)  # mmcls position g' holds timm's 2x2 group ORDER[g']
@@ -240,3 +245,61 @@ def test_window7_tables_load_unchanged_at_every_stage_at_384x128(tmp_path):
         for j, block in enumerate(stage.blocks):
             torch.testing.assert_close(block.attn.relative_position_bias_table,
                                        big.layers[i].blocks[j].attn.relative_position_bias_table)
+
+
+def test_solider_writer_matches_the_reference_layout(tmp_path):
+    """A plain LewinViT written by `lewinvit_to_solider` has exactly the tensors and names the
+    reference rewrite gives SOLIDER's layout, and reads back bit for bit."""
+    torch.manual_seed(0)
+    img_size = (64, 32)
+    swin = timm_swin(img_size)
+    plain = dict(local_enhance=False, final_norm=True, **SMALL)
+    model = loaded_from_timm_layout(swin, tmp_path, img_size, **plain)
+    written = lewinvit_to_solider(model.state_dict())
+    reference = {k: v for k, v in to_solider_layout(swin)["teacher"].items()
+                 if k.startswith("backbone.") and not k.endswith("relative_position_index")
+                 and not k.startswith(("backbone.norm0.", "backbone.semantic_embed"))}
+    assert written.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(written[key], reference[key]), key
+    torch.save({"teacher": written}, tmp_path / "written.pth")
+    again = LewinViT(img_size, **plain).eval()
+    report = load_pretrained(again, str(tmp_path / "written.pth"))
+    assert report.format == "solider" and report.missing == [] and report.new == [] and report.unused == {}
+    assert_same_weights(again, model)
+
+
+def test_solider_writer_refuses_lewinvit_own_tensors():
+    model = LewinViT((64, 32), num_cameras=2, **SMALL)
+    with pytest.raises(ValueError, match=r"sie_embed.*NUM_CAMERAS 0"):
+        lewinvit_to_solider(model.state_dict())
+
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO_WEIGHTS = REPO / "pretrained" / "lewinvit_demo_synthetic.pth"
+
+
+@pytest.mark.parametrize("final_norm", [False, True])
+def test_demo_weights_load_with_every_tensor_used(final_norm):
+    """The shipped demo weights (tools/pretrain.py) are a SOLIDER-layout plain Swin of the demo's size:
+    every file tensor loads into the demo's LewinViT unchanged, but the final norm it drops."""
+    cfg = load_config(str(REPO / "configs/LWTGPF/synthetic.yml"),
+                      ["MODEL.BACKBONE.PRETRAIN", "False", "MODEL.BACKBONE.LEWINVIT.FINAL_NORM", str(final_norm)])
+    model = build_lewinvit_backbone(cfg)
+    report = load_pretrained(model, str(DEMO_WEIGHTS))
+    file_tensors = read_state_dict(str(DEMO_WEIGHTS))
+    assert report.format == "solider" and report.missing == []
+    assert set(report.new) == {"sie_embed"} | {k for k in model.state_dict() if ".mlp.local." in k}
+    dropped = {"last_stage.norm.weight", "last_stage.norm.bias"}
+    assert set(report.unused) == (set() if final_norm else dropped)
+    assert len(report.loaded) + len(report.unused) == len(file_tensors) > 70
+    timm_layout, _ = solider_to_timm(file_tensors)
+    converted, _ = timm_to_lewinvit(timm_layout)
+    state = model.state_dict()
+    for key in report.loaded:
+        assert torch.equal(state[key], converted[key]), key
+
+
+def test_demo_weights_match_their_recorded_checksum():
+    recorded = dict(line.split()[::-1] for line in (DEMO_WEIGHTS.parent / "SHA256SUMS").read_text().splitlines())
+    assert hashlib.sha256(DEMO_WEIGHTS.read_bytes()).hexdigest() == recorded[DEMO_WEIGHTS.name]

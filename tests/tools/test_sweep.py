@@ -35,21 +35,33 @@ def merged(*files, opts=()):
     return cfg
 
 
-def test_published_runs_restore_every_remedy_to_the_base_recipe(sweep):
+def test_each_method_runs_its_config(sweep):
     base = merged(ROOT / "configs/LWTGPF/Base-LWTGPF.yml")
-    published = merged(ROOT / "configs/LWTGPF/synthetic.yml", opts=sweep.published_opts())
-    default = get_cfg()
-    add_lwtgpf_config(default)
-    for key in sweep.REMEDY_KEYS:
-        node_b, node_p, node_d = base, published, default
-        for part in key.split("."):
-            node_b, node_p, node_d = node_b[part], node_p[part], node_d[part]
-        assert node_p == node_b == node_d, key  # the published recipe is the package default: remedies off
-    improved = merged(ROOT / "configs/LWTGPF/synthetic.yml", opts=sweep.IMPROVED)
-    assert improved.CLUSTER.CAMERA_NORM == "center" != base.CLUSTER.CAMERA_NORM
-    assert improved.INPUT.GRAY_WORLD and not base.INPUT.GRAY_WORLD and not published.INPUT.GRAY_WORLD
-    supervised = merged(ROOT / "configs/LWTGPF/synthetic.yml", ROOT / "configs/Supervised/synthetic.yml")
-    assert not supervised.INPUT.GRAY_WORLD  # the reference sees the images as published
+    demo = ROOT / "configs/LWTGPF/synthetic.yml"
+    published = merged(sweep.CONFIGS["published"], opts=sweep.method_opts("published", "pretrained"))
+    plus = merged(demo, sweep.CONFIGS["plus"], opts=sweep.method_opts("plus", "pretrained"))
+    assert sweep.CONFIGS["published"] == demo
+    for key in ("CAMERA_NORM",):
+        assert published.CLUSTER[key] == base.CLUSTER[key] == "none"
+    assert not published.INPUT.GRAY_WORLD and published.MODEL.BACKBONE.PRETRAIN
+    assert plus.CLUSTER.CAMERA_NORM == "center" and plus.INPUT.GRAY_WORLD
+    supervised = merged(demo, sweep.CONFIGS["supervised"], opts=sweep.method_opts("supervised", "pretrained"))
+    sup_plus = merged(demo, sweep.CONFIGS["supervised_plus"], opts=sweep.method_opts("supervised_plus", "pretrained"))
+    assert not supervised.INPUT.GRAY_WORLD and sup_plus.INPUT.GRAY_WORLD  # the plus inputs, nothing else
+    assert sweep.plus_input_opts() == ["INPUT.GRAY_WORLD", "True"]
+    random_init = merged(demo, opts=sweep.method_opts("random_init", "pretrained"))
+    assert published.MODEL.BACKBONE.PRETRAIN and not random_init.MODEL.BACKBONE.PRETRAIN
+
+
+def test_random_start_is_the_earlier_demo_recipe(sweep):
+    """--start random runs every method with the recipe the demo had before its pretrained start."""
+    for method in ("published", "plus", "supervised", "random_init"):
+        cfg = merged(ROOT / "configs/LWTGPF/synthetic.yml", opts=sweep.method_opts(method, "random"))
+        assert not cfg.MODEL.BACKBONE.PRETRAIN
+        assert (cfg.SOLVER.OPT, cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_EPOCH, cfg.SOLVER.ITERS_PER_EPOCH) == \
+            ("Adam", 0.00035, 15, 60)
+        assert list(cfg.SOLVER.STEPS) == [12] and cfg.SOLVER.WARMUP_EPOCHS == 2
+        assert cfg.MODEL.BACKBONE.LEWINVIT.FINAL_NORM and cfg.MODEL.BACKBONE.DROP_PATH_RATIO == 0.0
 
 
 def test_points_set_the_generator(sweep):
@@ -70,40 +82,51 @@ def test_finished_runs_are_reused_and_the_table_is_written(sweep, tmp_path, monk
         calls.append((Path(config).name, list(opts)))
         output_dir.mkdir(parents=True)
         (output_dir / "metrics.json").write_text(json.dumps({"cluster/ari": 0.25}) + "\n")
-        if "Supervised" in str(config):  # the reference with the improved inputs scores 40
-            return {"mAP": 40.0 if "center" in opts else 30.0, "Rank-1": 40.0}
-        return {"mAP": 20.0, "Rank-1": 40.0}
+        if "Supervised" in str(config):  # the reference with the plus inputs scores 40
+            return {"mAP": 40.0 if "INPUT.GRAY_WORLD" in opts else 30.0, "Rank-1": 40.0}
+        return {"mAP": 20.0 if Path(config).name == "synthetic.yml" else 24.0, "Rank-1": 40.0}
 
     monkeypatch.setattr(sweep, "train", fake_train)
-    untrained_opts = []
+    evaluated = []
 
     def fake_untrained(config, opts):
-        untrained_opts.append(list(opts))
-        return {"mAP": 5.0, "Rank-1": 8.0}
+        evaluated.append(list(opts))
+        return {"mAP": 5.0 if "MODEL.BACKBONE.PRETRAIN" in opts else 10.0, "Rank-1": 8.0}
 
     monkeypatch.setattr(sweep, "untrained", fake_untrained)
-    args = ["--points", "default,cast6", "--output-dir", str(tmp_path), "SOLVER.MAX_EPOCH", "2"]
+    methods = "random_init,direct,published,plus,supervised,supervised_plus"
+    args = ["--points", "default,cast6", "--methods", methods, "--output-dir", str(tmp_path), "SOLVER.MAX_EPOCH", "2"]
     sweep.main(args)
-    assert len(calls) == 8  # 2 points x (published, improved, supervised, supervised_improved)
-    norms = [opts[opts.index("CLUSTER.CAMERA_NORM") + 1] for _, opts in calls if "CLUSTER.CAMERA_NORM" in opts]
-    assert norms == ["'none'", "center", "center"] * 2  # published, improved, supervised_improved of each point
-    assert [opts[opts.index("INPUT.GRAY_WORLD") + 1] for _, opts in calls if "INPUT.GRAY_WORLD" in opts] == \
-        ["False", "True", "True"] * 2
-    assert sum("CLUSTER.CAMERA_NORM" not in opts for _, opts in calls) == 2  # the supervised reference as published
-    assert untrained_opts and all(opts[-4:] == sweep.published_opts() for opts in untrained_opts)
-    assert all(opts[opts.index("SOLVER.MAX_EPOCH") + 1] == "2" for _, opts in calls)
+    assert len(calls) == 8 and len(evaluated) == 4  # 2 points x (published, plus, supervised, supervised_plus)
+    assert [name for name, _ in calls[:4]] == ["synthetic.yml", "synthetic_plus.yml", "synthetic.yml", "synthetic.yml"]
+    assert sum("INPUT.GRAY_WORLD" in opts for _, opts in calls) == 2  # supervised_plus of each point
+    assert all(opts[-2:] == ["SOLVER.MAX_EPOCH", "2"] for _, opts in calls)  # the user's overrides win
+    assert [("MODEL.BACKBONE.PRETRAIN" in opts) for opts in evaluated] == [True, False] * 2  # random init, direct
     table = (tmp_path / "table.md").read_text()
-    assert "| cast6 | 6 | 0.15 | 1 | 5.0 | 20.0 | 0.25 | 67% | 4.0x | 20.0 | 0.25 | 50% | 4.0x | 30.0 | 40.0 |" in table  # each recipe vs its own reference
+    # published vs supervised (20 / 30), plus vs supervised_plus (24 / 40); both vs direct transfer (10)
+    assert "| cast6 | 6 | 0.15 | 1 | 5.0 | 10.0 | 20.0 | 0.25 | 67% | 2.0x | 24.0 | 0.25 | 60% | 2.4x | 30.0 | 40.0 |" \
+        in table
     sweep.main(args)  # everything reused
     assert len(calls) == 8
     sweep.main(args[:-1] + ["3"])  # another command: run again, the old run kept aside
     assert len(calls) == 16
-    assert len(list(tmp_path.glob("cast6/improved.replaced-*"))) == 1
+    assert len(list(tmp_path.glob("cast6/plus.replaced-*"))) == 1
     assert table.splitlines()[0] in capsys.readouterr().out
+
+
+def test_random_start_table_compares_with_random_init(sweep, tmp_path, monkeypatch):
+    monkeypatch.setattr(sweep, "train", lambda config, output_dir, opts, console=None: (
+        output_dir.mkdir(parents=True), (output_dir / "metrics.json").write_text(""),
+        {"mAP": 30.0 if "Supervised" in str(config) else 15.0, "Rank-1": 1.0})[-1])
+    monkeypatch.setattr(sweep, "untrained", lambda config, opts: {"mAP": 3.0, "Rank-1": 1.0})
+    sweep.main(["--start", "random", "--points", "bg1", "--output-dir", str(tmp_path)])
+    assert not (tmp_path / "bg1" / "direct").exists()
+    assert "| bg1 | 1 | 1 | 1 | 3.0 | 15.0 | - | 50% | 5.0x | 15.0 | - | 50% | 5.0x | 30.0 | - |" in \
+        (tmp_path / "table.md").read_text()
 
 
 def test_bad_arguments(sweep):
     with pytest.raises(SystemExit):
         sweep.main(["--points", "cast7"])
     with pytest.raises(SystemExit):
-        sweep.main(["--methods", "improved", "SOLVER.MAX_EPOCH"])
+        sweep.main(["--methods", "plus", "SOLVER.MAX_EPOCH"])

@@ -1,7 +1,8 @@
-"""Camera bias at the start of training: neighbours and clusters of the untrained demo model.
+"""Camera bias at the start of training: neighbours and clusters of the demo model before training.
 
-For each synthetic grid point of tools/sweep.py, the training-set features of the untrained model
-of configs/LWTGPF/synthetic.yml (random init, torch seed 0), from the images as they are and
+For each synthetic grid point of tools/sweep.py, the training-set features of the model of
+configs/LWTGPF/synthetic.yml before training (--start pretrained: its pretrained weights; random:
+random init, torch seed 0), from the images as they are and
 white-balanced (INPUT.GRAY_WORLD False / True), are clustered as in the first epoch, once as they
 are (CLUSTER.CAMERA_NORM none, the published recipe) and once centred per camera (center).
 Reported: the share of each image's k nearest neighbours that show the same person in another
@@ -22,20 +23,22 @@ from lwtgpf.engine import Trainer
 from lwtgpf.engine.cli import load_config
 from lwtgpf.engine.features import extract_features
 from lwtgpf.engine.hooks import ClusterHook
-from sweep import GRID, UNSUPERVISED, point_opts
+from sweep import GRID, START_OPTS, UNSUPERVISED, point_opts
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", default="default,cast6,bg1,bn3", help=f"comma-separated subset of {', '.join(GRID)}")
     parser.add_argument("--seed", type=int, default=0, help="DATASETS.SYNTHETIC.SEED")
     parser.add_argument("--k", type=int, default=10, help="nearest neighbours per image")
+    parser.add_argument("--start", choices=sorted(START_OPTS), default="pretrained",
+                        help="the demo's pretrained weights or random init")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the config")
 
 
 def main(args: argparse.Namespace) -> None:
     rows = []
     for point, gray_world in itertools.product(args.points.split(","), (False, True)):
-        cfg = load_config(str(UNSUPERVISED), point_opts(point, args.seed) + list(args.opts)
+        cfg = load_config(str(UNSUPERVISED), point_opts(point, args.seed) + START_OPTS[args.start] + list(args.opts)
                           + ["INPUT.GRAY_WORLD", str(gray_world)])
         torch.manual_seed(0)
         model = Trainer.build_model(cfg)

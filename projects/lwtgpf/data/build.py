@@ -70,7 +70,7 @@ def data_root() -> str:
 
 def dataset_kwargs(cfg: CfgNode) -> Dict[str, object]:
     """Keyword arguments every dataset constructor receives; each reader takes the ones it knows."""
-    syn = cfg.DATASETS.SYNTHETIC
+    syn, pop = cfg.DATASETS.SYNTHETIC, cfg.DATASETS.POPULATION
     return {
         "custom_dir": cfg.DATASETS.CUSTOM_DIR,
         "cuhk03_variant": cfg.DATASETS.CUHK03_VARIANT,
@@ -83,6 +83,11 @@ def dataset_kwargs(cfg: CfgNode) -> Dict[str, object]:
         "synthetic_colour_cast": syn.COLOUR_CAST,
         "synthetic_background_contrast": syn.BACKGROUND_CONTRAST,
         "synthetic_blur_noise": syn.BLUR_NOISE,
+        "population_num_ids": pop.NUM_IDS,
+        "population_num_test_ids": pop.NUM_TEST_IDS,
+        "population_num_cameras": pop.NUM_CAMERAS,
+        "population_images_per_id": pop.IMAGES_PER_ID,
+        "population_seed": pop.SEED,
     }
 
 

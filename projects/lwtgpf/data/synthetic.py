@@ -64,7 +64,9 @@ _MARKER = "synthetic.json"
 _BOXES = "person_boxes.csv"
 _SUBDIRS = ("bounding_box_train", "query", "bounding_box_test")
 
-# Purposes mixed into every seed, so that the streams never overlap.
+# Purposes mixed into every seed, so that the streams never overlap. The pretraining population
+# (lwtgpf/data/population.py) draws from purposes of its own, so its people and cameras are
+# disjoint from every set's, whatever the seeds.
 _SEED_IDENTITY, _SEED_CAMERA, _SEED_PLAN, _SEED_IMAGE, _SEED_OCCLUDER = range(5)
 
 # RGB palettes. Clothing colours are jittered per identity, so two identities that share
@@ -197,8 +199,8 @@ def _clothing_texture(rng: np.random.Generator, base: np.ndarray, patterned: flo
     return tex
 
 
-def _make_identity(seed: int, pid: int) -> _Identity:
-    rng = _rng(seed, _SEED_IDENTITY, pid)
+def _make_identity(seed: int, pid: int, purpose: int = _SEED_IDENTITY) -> _Identity:
+    rng = _rng(seed, purpose, pid)
     upper = _jitter(rng, _CLOTHES[rng.integers(len(_CLOTHES))], 14)
     lower = _jitter(rng, _CLOTHES[rng.integers(len(_CLOTHES))], 14)
     t = rng.uniform(0, 2)
@@ -301,10 +303,10 @@ def _draw_structure(rng: np.random.Generator, img: np.ndarray, horizon: int) -> 
 
 
 def _make_camera(seed: int, cam: int, colour_cast: float = 1.0, background_contrast: float = 0.15,
-                 blur_noise: float = 1.0) -> _Camera:
+                 blur_noise: float = 1.0, purpose: int = _SEED_CAMERA) -> _Camera:
     """Camera `cam`; the strengths scale its effects without changing any random draw, so sets
     that differ only in strengths show the same people, poses and scenes."""
-    rng = _rng(seed, _SEED_CAMERA, cam)
+    rng = _rng(seed, purpose, cam)
     background = _make_background(rng, background_contrast)
     # Directional light: a linear ramp across the frame in a random direction.
     angle = rng.uniform(0, 2 * np.pi)
@@ -574,9 +576,10 @@ def _recorded_params(marker: Optional[dict]) -> Optional[dict]:
     return {**BIAS_DEFAULTS, **marker["params"]}
 
 
-def _is_current(marker: Optional[dict], params: Dict[str, object]) -> bool:
+def _is_current(marker: Optional[dict], params: Dict[str, object], recorded: Callable = _recorded_params,
+                format_version: int = _FORMAT_VERSION) -> bool:
     """Whether a set's marker records `params` and this generator's format."""
-    return _recorded_params(marker) == params and marker.get("format_version") == _FORMAT_VERSION
+    return recorded(marker) == params and marker.get("format_version") == format_version
 
 
 def _write_set(folder: Path, params: Dict[str, object]) -> Dict[str, int]:
@@ -623,36 +626,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: int = 6, num_train_ids: int = 200,
-                       num_test_ids: int = 100, images_per_id: int = 20, occluded: bool = False, seed: int = 0,
-                       colour_cast: float = 1.0, background_contrast: float = 0.15, blur_noise: float = 1.0,
-                       overwrite: bool = False) -> Path:
-    """Render the synthetic set under `<root>/SyntheticReID/<name>` and return that folder.
+def render_once(parent: Path, name: str, params: Dict[str, object], write: Callable[[Path], Dict[str, int]],
+                dataset: str, format_version: int, recorded: Callable[[Optional[dict]], Optional[dict]],
+                overwrite: bool = False) -> Path:
+    """Render a generated dataset into `parent / name` once and return that folder.
 
-    `colour_cast`, `background_contrast` and `blur_noise` set the strength of the camera bias
-    (see `BIAS_DEFAULTS`). An existing complete set with the same parameters is reused unless
-    `overwrite`. The set is written into a hidden sibling folder and renamed into place at the
-    end, so an interrupted run never leaves a folder that looks complete; `synthetic.json` in it
-    records the parameters.
+    `write(folder)` renders into an empty folder and returns the image counts per split. An
+    existing complete folder whose marker records `params` (as `recorded(marker)` reads them) and
+    `format_version` is reused unless `overwrite`. The set is written into a hidden sibling folder
+    and renamed into place at the end, so an interrupted run never leaves a folder that looks
+    complete, and a set another process finished meanwhile is kept, not replaced under its readers.
     """
-    _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed,
-                  colour_cast, background_contrast, blur_noise)
-    params = _params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed,
-                     colour_cast, background_contrast, blur_noise)
-    parent = Path(root) / "SyntheticReID"
-    name = synthetic_dir_name(**params)
     target = parent / name
-
     if target.exists() and not overwrite:
         marker = _read_marker(target)
-        if _recorded_params(marker) != params:
+        if recorded(marker) != params:
             raise RuntimeError(
-                f"SyntheticReID: {target} exists but its {_MARKER} is missing or records other parameters "
+                f"{dataset}: {target} exists but its {_MARKER} is missing or records other parameters "
                 f"than {params}; delete the folder or generate with overwrite=True")
-        if _is_current(marker, params):
+        if _is_current(marker, params, recorded, format_version):
             return target
-        logger.info(f"SyntheticReID: {target} was made by an older generator "
-                    f"(format {marker.get('format_version')}, now {_FORMAT_VERSION}); regenerating it")
+        logger.info(f"{dataset}: {target} was made by an older generator "
+                    f"(format {marker.get('format_version')}, now {format_version}); regenerating it")
 
     parent.mkdir(parents=True, exist_ok=True)
     for stale in parent.glob(f".{name}.*"):  # left by a killed run: .<name>.tmp<pid> or .<name>.old<pid>
@@ -662,14 +657,14 @@ def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: 
     tmp = parent / f".{name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    logger.info(f"Generating SyntheticReID ({params}) into {target} ...")
+    logger.info(f"Generating {dataset} ({params}) into {target} ...")
     start = time.perf_counter()
     try:
-        counts = _write_set(tmp, params)
-        marker = dict(dataset="SyntheticReID", format_version=_FORMAT_VERSION, params=params,
+        counts = write(tmp)
+        marker = dict(dataset=dataset, format_version=format_version, params=params,
                       image_size=list(IMAGE_SIZE), counts=counts)
         (tmp / _MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
-        if target.exists() and not overwrite and _is_current(_read_marker(target), params):
+        if target.exists() and not overwrite and _is_current(_read_marker(target), params, recorded, format_version):
             # Another process (another run, another training rank) finished the same set while this
             # one rendered: keep its folder, which may already be read, and drop this copy.
             shutil.rmtree(tmp, ignore_errors=True)
@@ -682,15 +677,34 @@ def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: 
             os.rename(tmp, target)
         except OSError:
             # Another process (e.g. another training rank) finished the same set first.
-            if _recorded_params(_read_marker(target)) != params:
+            if recorded(_read_marker(target)) != params:
                 raise
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info(f"Generated SyntheticReID in {time.perf_counter() - start:.1f}s: {counts['bounding_box_train']} train, "
-                f"{counts['query']} query, {counts['bounding_box_test']} gallery images in {target}")
+    logger.info(f"Generated {dataset} in {time.perf_counter() - start:.1f}s: {counts.get('bounding_box_train', 0)} train, "
+                f"{counts.get('query', 0)} query, {counts.get('bounding_box_test', 0)} gallery images in {target}")
     return target
+
+
+def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: int = 6, num_train_ids: int = 200,
+                       num_test_ids: int = 100, images_per_id: int = 20, occluded: bool = False, seed: int = 0,
+                       colour_cast: float = 1.0, background_contrast: float = 0.15, blur_noise: float = 1.0,
+                       overwrite: bool = False) -> Path:
+    """Render the synthetic set under `<root>/SyntheticReID/<name>` and return that folder.
+
+    `colour_cast`, `background_contrast` and `blur_noise` set the strength of the camera bias
+    (see `BIAS_DEFAULTS`). An existing complete set with the same parameters is reused unless
+    `overwrite` (`render_once`); `synthetic.json` in it records the parameters.
+    """
+    _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed,
+                  colour_cast, background_contrast, blur_noise)
+    params = _params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed,
+                     colour_cast, background_contrast, blur_noise)
+    return render_once(Path(root) / "SyntheticReID", synthetic_dir_name(**params), params,
+                       functools.partial(_write_set, params=params), "SyntheticReID", _FORMAT_VERSION,
+                       _recorded_params, overwrite)
 
 
 @functools.lru_cache(maxsize=8)

@@ -162,6 +162,48 @@ def mmcls_merge_to_timm(value: torch.Tensor) -> torch.Tensor:
     return v[..., list(MMCLS_GROUP_ORDER), :].reshape(*lead, four_c)
 
 
+def timm_merge_to_mmcls(value: torch.Tensor) -> torch.Tensor:
+    """The inverse of `mmcls_merge_to_timm`: reorder a patch-merging 4C dim from timm to mmcls."""
+    four_c = value.shape[-1]
+    lead = value.shape[:-1]
+    v = value.reshape(*lead, 4, four_c // 4)[..., list(MMCLS_GROUP_ORDER), :]  # [..., g', C]
+    return v.transpose(-1, -2).reshape(*lead, four_c)
+
+
+def lewinvit_to_solider(state: Mapping[str, torch.Tensor], num_stages: int = 4) -> Dict[str, torch.Tensor]:
+    """Rename a plain Swin's tensors from LewinViT's names to SOLIDER's mmcls layout (with the
+    `backbone.` prefix of its teacher files), so that `load_pretrained` reads them back exactly.
+
+    Raises a ValueError on LewinViT's own tensors (camera table, local enhancement), which a Swin
+    file cannot hold."""
+    last = num_stages - 1
+    out = {}
+    for key, value in state.items():
+        if key.endswith(_BUFFER_SUFFIXES):
+            continue
+        if _NEW_IN_LEWINVIT.search(key):
+            raise ValueError(f"{key} is LewinViT's own (camera table or local enhancement), not a Swin tensor: "
+                             "pretrain with MODEL.BACKBONE.NUM_CAMERAS 0 and LEWINVIT.LOCAL_ENHANCE False")
+        m = re.match(r"(?:layers\.(\d+)|last_(downsample))\.(?:downsample\.)?(reduction|norm)\.(weight|bias)$", key)
+        if m and (m.group(2) or ".downsample." in key):
+            stage = last if m.group(2) else int(m.group(1))
+            out[f"stages.{stage - 1}.downsample.{m.group(3)}.{m.group(4)}"] = timm_merge_to_mmcls(value)
+            continue
+        m = re.match(r"(?:layers\.(\d+)|last_stage)\.blocks\.(\d+)\.(.+)$", key)
+        if m:
+            stage = int(m.group(1)) if m.group(1) is not None else last
+            rest = (m.group(3).replace("attn.", "attn.w_msa.", 1)
+                    .replace("mlp.fc1.", "ffn.layers.0.0.").replace("mlp.fc2.", "ffn.layers.1."))
+            out[f"stages.{stage}.blocks.{m.group(2)}.{rest}"] = value
+        elif key.startswith("last_stage.norm."):
+            out[f"norm{last}." + key[len("last_stage.norm."):]] = value
+        elif key.startswith("patch_embed."):
+            out[key.replace("patch_embed.proj.", "patch_embed.projection.")] = value
+        else:
+            raise ValueError(f"{key} has no place in SOLIDER's Swin layout")
+    return {"backbone." + key: value for key, value in out.items()}
+
+
 def timm_to_lewinvit(state: Mapping[str, torch.Tensor], num_stages: int = 4) -> Tuple[Dict, Dict[str, str]]:
     """Rename timm-layout Swin tensors to LewinViT's names. Returns (converted, {unused key: reason})."""
     last = num_stages - 1
