@@ -14,6 +14,7 @@ its SHA-256 printed; on the same machine and thread count the run is bit for bit
 """
 import argparse
 import hashlib
+import io
 import os
 import sys
 import time
@@ -46,9 +47,13 @@ def export_backbone(checkpoint: Path, output: Path) -> None:
     backbone = {k[len("backbone."):]: v for k, v in model.items() if k.startswith("backbone.")}
     if not backbone:
         raise ValueError(f"{checkpoint} holds no backbone.* tensors")
+    # Saved through a buffer: torch.save names the archive's folder after the file, which would put
+    # the temporary name (and so the process id) into the bytes and change the checksum.
+    buffer = io.BytesIO()
+    torch.save({"teacher": lewinvit_to_solider(backbone)}, buffer)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
-    torch.save({"teacher": lewinvit_to_solider(backbone)}, tmp)
+    tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, output)
 
 

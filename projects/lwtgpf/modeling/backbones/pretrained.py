@@ -1,4 +1,5 @@
-"""Load Swin weights from a local file into LewinViT, converting SOLIDER's or timm's layout exactly.
+"""Load Swin weights from a local file into LewinViT, converting SOLIDER's or timm's layout exactly;
+write a plain LewinViT in SOLIDER's layout (`lewinvit_to_solider`, for the demo's pretrained file).
 
 Formats (MODEL.BACKBONE.LEWINVIT.PRETRAIN_FORMAT):
 
@@ -184,10 +185,11 @@ def lewinvit_to_solider(state: Mapping[str, torch.Tensor], num_stages: int = 4) 
         if _NEW_IN_LEWINVIT.search(key):
             raise ValueError(f"{key} is LewinViT's own (camera table or local enhancement), not a Swin tensor: "
                              "pretrain with MODEL.BACKBONE.NUM_CAMERAS 0 and LEWINVIT.LOCAL_ENHANCE False")
-        m = re.match(r"(?:layers\.(\d+)|last_(downsample))\.(?:downsample\.)?(reduction|norm)\.(weight|bias)$", key)
-        if m and (m.group(2) or ".downsample." in key):
-            stage = last if m.group(2) else int(m.group(1))
-            out[f"stages.{stage - 1}.downsample.{m.group(3)}.{m.group(4)}"] = timm_merge_to_mmcls(value)
+        # patch merging: at the start of stage i in LewinViT (timm), at the end of stage i - 1 in mmcls
+        m = re.match(r"(?:layers\.(\d+)\.downsample|last_downsample)\.(reduction|norm)\.(weight|bias)$", key)
+        if m:
+            stage = int(m.group(1)) if m.group(1) is not None else last
+            out[f"stages.{stage - 1}.downsample.{m.group(2)}.{m.group(3)}"] = timm_merge_to_mmcls(value)
             continue
         m = re.match(r"(?:layers\.(\d+)|last_stage)\.blocks\.(\d+)\.(.+)$", key)
         if m:
