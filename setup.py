@@ -13,7 +13,9 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision",
-        "timm>=1.0",
+        # LewinViT overrides timm's private SwinTransformerBlock._attn and the backbones import the
+        # private timm.models._manipulate: only the tested release line (requirements.txt)
+        "timm>=1.0.31,<1.1",
         "yacs",
         'faiss-gpu; sys_platform == "linux" and platform_machine == "x86_64"',
         'faiss-cpu; sys_platform != "linux" or platform_machine != "x86_64"',

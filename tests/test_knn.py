@@ -6,7 +6,8 @@ from sklearn.metrics import adjusted_rand_score
 
 import lwtgpf  # noqa: F401
 from lwtgpf import clustering
-from lwtgpf.knn import KnnSearch, add_reverse, kmeans, recall, split_rows
+from lwtgpf.distributed import split_rows
+from lwtgpf.knn import KnnSearch, add_reverse, kmeans, recall
 
 
 def identities(n=1200, dim=64, ids=60, cams=4, seed=0):
@@ -131,9 +132,52 @@ def test_exact_backends_agree_and_stages_are_timed():
     assert np.array_equal(results["faiss"], results["torch"]) and np.array_equal(results["faiss"], results["auto"])
 
 
-def test_fp16_option_is_harmless_on_cpu():
+class FaissOnAGpu:
+    """faiss as a GPU build shows itself, with the real CPU index behind the "GPU" one: records
+    the options each index is cloned to the GPU with."""
+
+    def __init__(self):
+        import faiss
+
+        self.IndexFlatIP = faiss.IndexFlatIP
+        self.cloned = []
+
+    class GpuClonerOptions:
+        useFloat16 = None
+
+    def StandardGpuResources(self):
+        return object()
+
+    def get_num_gpus(self):
+        return 1
+
+    def index_cpu_to_gpu(self, resources, gpu, index, options):
+        self.cloned.append((gpu, options.useFloat16))
+        return index
+
+
+@pytest.mark.parametrize("fp16", [True, False])
+def test_fp16_flag_reaches_the_gpu_index_and_changes_nothing_on_cpu(monkeypatch, fp16):
+    """CLUSTER.KNN_FP16 acts only where faiss searches on a GPU: the flag must arrive in the GPU
+    cloner's options there; the CPU search ignores it."""
+    from fastreid.config import get_cfg
+    from lwtgpf import knn
+    from lwtgpf.config import add_lwtgpf_config
+
     x, _ = identities(n=300, seed=4)
-    assert np.array_equal(clustering.knn(x, 10, KnnSearch("faiss", fp16=True)), clustering.knn(x, 10, "torch"))
+    exact = clustering.knn(x, 10, "torch")
+    cfg = add_lwtgpf_config(get_cfg())
+    cfg.merge_from_list(["CLUSTER.KNN", "faiss", "CLUSTER.KNN_FP16", str(fp16)])
+    search = KnnSearch.from_config(cfg.CLUSTER)
+    assert np.array_equal(clustering.knn(x, 10, search), exact)  # on the CPU
+
+    fake = FaissOnAGpu()
+    monkeypatch.setattr(knn, "_faiss", lambda: fake)
+    cpu_search = knn._faiss_flat_search  # the features stay on the CPU here: search as if they were on GPU 0
+    monkeypatch.setattr(knn, "_faiss_flat_search", lambda base, queries, c, device, flag: cpu_search(
+        base, queries, c, torch.device("cuda", 0), flag))
+    assert np.array_equal(clustering.knn(x, 10, search), exact)
+    assert fake.cloned == [(0, fp16)]
 
 
 def test_split_rows_matches_fastreid_inference_sampler():

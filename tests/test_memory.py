@@ -67,13 +67,18 @@ def ref_losses(memory, feats, targets, proxy_cluster, proxy_cam, temp=0.07, neg_
             pos = sorted(winners, key=lambda k: -a[k])[:pos_k]
             rest = sorted((k for k in range(num) if k not in pos), key=lambda k: -a[k])
             on[level][b] = ref_set_loss(s, pos, rest[:neg_k], temp)
+
+    def part_mean(rows):
+        return sum(sum(row) / batch for row in rows) / (levels - 1) if levels > 1 else torch.tensor(0.0)
+
     out = {
         "global_off": sum(off[0]) / batch,
         "global_on": sum(on[0]) / batch,
-        "part_off": sum(sum(row) / batch for row in off[1:]) / (levels - 1) if levels > 1 else torch.tensor(0.0),
-        "part_on": sum(sum(row) / batch for row in on[1:]) / (levels - 1) if levels > 1 else torch.tensor(0.0),
+        "part_off_unweighted": part_mean(off[1:]),
+        "part_on_unweighted": part_mean(on[1:]),
     }
-    out["loss"] = out["global_off"] + out["global_on"] + part_weight * (out["part_off"] + out["part_on"])
+    out["loss"] = out["global_off"] + out["global_on"] + part_weight * (out["part_off_unweighted"]
+                                                                        + out["part_on_unweighted"])
     return out
 
 
@@ -119,7 +124,8 @@ def check_against_reference(features, clusters, proxies, cams, gen, targets=None
     ref = ref_losses(mem.memory, feats, targets, proxy_cluster, proxy_cam,
                      **{names[k]: v for k, v in kwargs.items() if k in names})
     (grad_ref,) = torch.autograd.grad(ref["loss"], feats)
-    for key in ("loss", "global_off", "global_on", "part_off", "part_on"):
+    assert set(ours) == {"loss", "global_off", "global_on", "part_off_unweighted", "part_on_unweighted"}
+    for key in ours:
         torch.testing.assert_close(ours[key], ref[key].to(ours[key].dtype), **TOL, msg=key)
     torch.testing.assert_close(grad_ours, grad_ref, **TOL)
 
@@ -227,7 +233,7 @@ def test_update_order_of_repeats():
 def test_global_only():
     features, clusters, proxies, cams, gen = clustered(9, levels=1, clusters=6, cams=3, images=60)
     _, out = check_against_reference(features, clusters, proxies, cams, gen, neg_k=8)
-    assert out["part_off"].item() == 0.0 and out["part_on"].item() == 0.0
+    assert out["part_off_unweighted"].item() == 0.0 and out["part_on_unweighted"].item() == 0.0
 
 
 def test_autocast_computes_in_float32():

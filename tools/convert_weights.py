@@ -20,6 +20,7 @@ import torch
 import lwtgpf  # noqa: F401  (fastreid compatibility first)
 from lwtgpf.engine.checkpoint import atomic_write
 from lwtgpf.modeling.original import convert_original, original_state_dict
+from lwtgpf.weights import WeightsError, read_weights
 
 
 def main(argv=None) -> int:
@@ -41,9 +42,9 @@ def main(argv=None) -> int:
     if os.path.exists(args.output) and not args.force:
         parser.error(f"{args.output} exists; pass --force to overwrite it")
     try:
-        checkpoint = torch.load(args.input, map_location="cpu", weights_only=True)
-    except Exception as err:
-        parser.error(f"cannot read {args.input} as a torch checkpoint ({type(err).__name__}: {err})")
+        checkpoint = read_weights(args.input)
+    except WeightsError as err:
+        parser.error(str(err))
     state = original_state_dict(checkpoint)
     if state is None:
         keys = list(checkpoint.get("model", checkpoint))[:5] if isinstance(checkpoint, dict) else type(checkpoint)

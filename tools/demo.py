@@ -18,7 +18,7 @@ import lwtgpf  # noqa: F401
 import torch
 
 from lwtgpf.engine import Trainer
-from lwtgpf.engine.cli import load_config, parse_args
+from lwtgpf.cli import load_config, parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 UNSUPERVISED = ROOT / "configs/LWTGPF/synthetic.yml"

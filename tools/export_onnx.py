@@ -20,7 +20,8 @@ import lwtgpf  # noqa: F401  (fixes fastreid's imports, registers our modules)
 import torch
 from fastreid.utils.logger import setup_logger
 
-from lwtgpf.analysis.cli import add_overrides, load_config, parse_args
+from lwtgpf.analysis.cli import add_overrides, parse_args
+from lwtgpf.cli import load_config
 from lwtgpf.analysis.export import export_onnx, onnx_session, parity
 from lwtgpf.analysis.inputs import load_batch
 from lwtgpf.analysis.retrieval import build_eval_model

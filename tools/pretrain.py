@@ -26,7 +26,7 @@ import lwtgpf  # noqa: E402,F401  (fastreid compatibility fixes before fastreid 
 import torch  # noqa: E402
 
 from demo import ROOT, train  # noqa: E402
-from lwtgpf.engine.cli import parse_args  # noqa: E402
+from lwtgpf.cli import parse_args  # noqa: E402
 from lwtgpf.modeling.backbones.pretrained import lewinvit_to_solider  # noqa: E402
 
 CONFIG = ROOT / "configs/Pretrain/synthetic.yml"

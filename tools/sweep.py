@@ -38,7 +38,7 @@ import lwtgpf  # noqa: E402,F401  (fastreid compatibility fixes before fastreid 
 
 from demo import RANDOM_INIT, ROOT, SUPERVISED, UNSUPERVISED, train, untrained  # noqa: E402
 from lwtgpf.analysis.cli import parse_args  # noqa: E402
-from lwtgpf.engine.cli import load_config  # noqa: E402
+from lwtgpf.cli import load_config  # noqa: E402
 
 PLUS = ROOT / "configs/LWTGPF/synthetic_plus.yml"
 

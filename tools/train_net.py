@@ -21,7 +21,7 @@ from lwtgpf.data.datasets.market_layout import DatasetLayoutError
 from lwtgpf.data.io import UnreadableImageError
 from lwtgpf.engine import Trainer, launch
 from lwtgpf.engine.checkpoint import AtomicCheckpointer, CheckpointError
-from lwtgpf.engine.cli import ConfigError, load_config, parse_args
+from lwtgpf.cli import ConfigError, load_config, parse_args
 from lwtgpf.engine.hooks import EvaluationError
 
 # Errors whose message says what to fix: shown as one line (the traceback, if any, is in log.txt).

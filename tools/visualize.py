@@ -22,7 +22,8 @@ import torch
 from fastreid.utils.logger import setup_logger
 from PIL import Image
 
-from lwtgpf.analysis.cli import add_overrides, load_config, parse_args
+from lwtgpf.analysis.cli import add_overrides, parse_args
+from lwtgpf.cli import load_config
 from lwtgpf.analysis.heatmap import HEATMAP_METHODS, heat_maps, heatmap_panels
 from lwtgpf.analysis.inputs import camera_id, load_batch
 from lwtgpf.analysis.ranklist import QUERY_ORDERS, cmc_figure, ranklist_image, roc_figure, select_queries

@@ -18,8 +18,8 @@ from scipy import sparse
 from sklearn.cluster import DBSCAN
 from sklearn.neighbors import sort_graph_by_row_values
 
-from .distributed import all_gather_rows, collective_device
-from .knn import KnnSearch, recall, sample_rows, split_rows
+from .distributed import all_gather_rows, collective_device, split_rows
+from .knn import KnnSearch, recall, sample_rows
 
 __all__ = [
     "NoClustersError",

@@ -24,7 +24,7 @@ before, so only the stable index API is used, and torch can always stand in.
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -295,9 +295,3 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
     if size >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
-
-
-def split_rows(n: int, parts: int) -> Sequence[range]:
-    """Contiguous shares of n rows, as fastreid's InferenceSampler cuts them across processes."""
-    size = (n - 1) // parts + 1
-    return [range(min(size * p, n), min(size * (p + 1), n)) for p in range(parts)]

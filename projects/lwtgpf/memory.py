@@ -288,8 +288,10 @@ class ProxyMemory(nn.Module):
             features: [1+P, B, D] L2-normalised features, global first.
             proxy_targets: [B] proxy id of each sample.
         Returns:
-            dict with `loss` = global_off + global_on + part_weight * (part_off + part_on) and the
-            four terms (part terms are means over the parts; 0 when there are none), in float32.
+            dict, in float32, of `loss` = global_off + global_on + part_weight * (part_off_unweighted
+            + part_on_unweighted) and those four terms (part terms are means over the parts; 0 when
+            there are none). The part terms are named unweighted because `part_off` / `part_on`
+            mean the weighted terms everywhere else (`GPO2CAP`'s loss dict, the logged scalars).
         """
         feats, targets = self._check_batch(features, proxy_targets, "forward")
         levels = feats.shape[0]
@@ -316,11 +318,11 @@ class ProxyMemory(nn.Module):
         losses = {
             "global_off": off[0].mean(),
             "global_on": on[0].mean(),
-            "part_off": off[1:].mean() if levels > 1 else zero,
-            "part_on": on[1:].mean() if levels > 1 else zero,
+            "part_off_unweighted": off[1:].mean() if levels > 1 else zero,
+            "part_on_unweighted": on[1:].mean() if levels > 1 else zero,
         }
         losses["loss"] = (losses["global_off"] + losses["global_on"]
-                          + self.part_weight * (losses["part_off"] + losses["part_on"]))
+                          + self.part_weight * (losses["part_off_unweighted"] + losses["part_on_unweighted"]))
         return losses
 
     @torch.no_grad()

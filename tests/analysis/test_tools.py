@@ -1,6 +1,7 @@
 """tools/visualize.py and tools/export_onnx.py end to end on a tiny synthetic set, weights from a file."""
 import importlib.util
 import os
+import re
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def _tool(name):
 def weights(tmp_path_factory):
     """A checkpoint of the tiny model the tools build, and the synthetic set under a fresh data root."""
     from fastreid.modeling.meta_arch import build_model
-    from lwtgpf.engine.cli import load_config
+    from lwtgpf.cli import load_config
 
     root = tmp_path_factory.mktemp("data")
     saved = os.environ.get("FASTREID_DATASETS")
@@ -72,12 +73,25 @@ def test_ranklist_tool(weights, tmp_path):
 
 
 def test_export_tool(weights, tmp_path, capsys):
+    from lwtgpf.analysis.export import onnx_session, run_session
+    from lwtgpf.analysis.retrieval import RetrievalModel, build_eval_model
+    from lwtgpf.cli import load_config
+
     path, _ = weights
     export = _tool("export_onnx")
-    args = ["--config-file", CONFIG, "--output", str(tmp_path / "m.onnx"), "--batch-size", "3", "MODEL.WEIGHTS", path,
-            *OPTS]
+    onnx_file = tmp_path / "m.onnx"
+    args = ["--config-file", CONFIG, "--output", str(onnx_file), "--batch-size", "3", "MODEL.WEIGHTS", path, *OPTS]
     assert export.main(args) == 0
-    assert "max abs difference" in capsys.readouterr().out
+    reported = re.search(r"max abs difference (\S+) \(tolerance 0\.0001\)", capsys.readouterr().out)
+    assert reported and float(reported.group(1)) <= 1e-4
+    # the file computes the checkpoint's features, whatever the tool's own check compares
+    cfg = load_config(CONFIG, OPTS + ["MODEL.WEIGHTS", path])
+    generator = torch.Generator().manual_seed(1)
+    images = torch.rand(5, 3, *cfg.INPUT.SIZE_TEST, generator=generator) * 255
+    camids = torch.randint(0, 3, (5,), generator=generator)
+    with torch.no_grad():
+        expected = RetrievalModel(build_eval_model(cfg))(images, camids).numpy()
+    np.testing.assert_allclose(run_session(onnx_session(str(onnx_file)), images, camids), expected, rtol=0, atol=1e-4)
     assert export.main(["--tolerance", "1e-12"] + args) == 1  # parity is checked, not assumed
     assert "PARITY FAILED" in capsys.readouterr().err
 

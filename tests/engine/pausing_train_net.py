@@ -55,7 +55,7 @@ def _install(kind: str, n: int) -> None:
         before_epoch = ClusterHook.before_epoch
 
         def paused_clustering(self):
-            if self.trainer.epoch == n and not self.trainer.epoch_restored and comm.is_main_process():
+            if self.trainer.epoch == n and not self.trainer.resume.restores(n) and comm.is_main_process():
                 _pause()
             before_epoch(self)
 

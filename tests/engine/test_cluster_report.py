@@ -1,34 +1,28 @@
-"""ClusterHook's per-epoch report: the share of clusters that join cameras, and the warning when the
+"""The per-epoch report of the pseudo labels: the share of clusters that join cameras, and the warning when the
 pseudo labels follow the cameras."""
 import logging
 
 import numpy as np
 import pytest
+import torch
 from fastreid.config import get_cfg
 from fastreid.utils.events import EventStorage
 
 import lwtgpf  # noqa: F401
 from lwtgpf.clustering import camera_proxies
 from lwtgpf.config import add_lwtgpf_config
-from lwtgpf.engine.hooks import ClusterHook
-
-
-class _Trainer:
-    def __init__(self, storage):
-        self.storage = storage
+from lwtgpf.engine.cluster_report import ClusterReport, check_cluster_sizes
+from lwtgpf.engine.pseudo_labelling import EpochLabels
 
 
 def report(tmp_path, clusters, cams, norm="none"):
     cfg = add_lwtgpf_config(get_cfg())
     cfg.merge_from_list(["OUTPUT_DIR", str(tmp_path), "CLUSTER.CAMERA_NORM", norm])
-    hook = ClusterHook.__new__(ClusterHook)  # no loader: only the report is under test
-    hook.cfg, hook.camera_norm = cfg, norm
-    hook.items = [(f"img{i}.jpg", f"p{i // 4}", int(c)) for i, c in enumerate(cams)]
-    hook.cams = np.asarray(cams)
-    hook.gt = np.arange(len(cams)) // 4
+    items = [(f"img{i}.jpg", f"p{i // 4}", int(c)) for i, c in enumerate(cams)]
+    clusters = np.asarray(clusters)
+    labels = EpochLabels(clusters, camera_proxies(clusters, cams), torch.zeros(0))
     with EventStorage(0) as storage:
-        hook.trainer = _Trainer(storage)
-        hook._report(3, np.asarray(clusters), camera_proxies(clusters, cams), {})
+        ClusterReport(cfg, items)(3, labels, storage)
         return {k: v[0] for k, v in storage.latest().items()}
 
 
@@ -52,3 +46,22 @@ def test_camera_bound_clusters_are_reported(tmp_path, caplog, norm, hint):
     assert scalars["cluster/cross_camera"] == 0.0
     assert "0% of the clusters join several cameras" in caplog.text
     assert ("CLUSTER.CAMERA_NORM center" in caplog.text) == hint
+
+
+def test_one_giant_cluster_is_reported_with_a_smaller_eps(caplog):
+    stats = {"nn_dist_p10": 0.0, "nn_dist_p50": 0.21, "nn_dist_p90": 0.4,
+             "core_dist_p10": 0.1, "core_dist_p50": 0.347, "core_dist_p90": 0.6}
+    labels = np.array([0] * 6 + [1, 1, -1, -1])
+    with caplog.at_level(logging.WARNING):
+        check_cluster_sizes(labels, stats, eps=0.6, max_fraction=0.5)
+    assert stats["largest_cluster_fraction"] == 0.6
+    assert "One cluster holds 6 of 10 samples (60% > CLUSTER.MAX_CLUSTER_FRACTION 50%)" in caplog.text
+    assert "core_dist_p50 0.347" in caplog.text and "try CLUSTER.EPS 0.34" in caplog.text
+    caplog.clear()
+    stats = {"core_dist_p50": 0.7}
+    with caplog.at_level(logging.WARNING):
+        check_cluster_sizes(labels, stats, eps=0.6, max_fraction=0.5)
+    assert "try CLUSTER.EPS 0.50" in caplog.text
+    caplog.clear()
+    check_cluster_sizes(np.array([0, 0, 1, 1, 2]), stats, eps=0.6, max_fraction=0.5)
+    assert stats["largest_cluster_fraction"] == 0.4 and not caplog.text

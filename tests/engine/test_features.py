@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lwtgpf  # noqa: F401
-from lwtgpf.engine.features import extract_features, reset_memory
+from lwtgpf.engine.features import extract_features
 from lwtgpf.memory import ProxyMemory
 
 REPO = Path(__file__).resolve().parents[2]
@@ -53,6 +53,17 @@ class TableModel(torch.nn.Module):
 def loader():
     return DataLoader(range(N), batch_sampler=BatchSampler(InferenceSampler(N), 7, drop_last=False),
                       collate_fn=torch.tensor)
+
+
+def memory_of(features):
+    """The proxy memory as the ClusterHook starts it from these features and `labels()`."""
+    from lwtgpf.engine.pseudo_labelling import proxy_feature_sums
+    from lwtgpf.memory import ProxyMemory
+
+    clusters, proxies, cams = labels()
+    memory = ProxyMemory()
+    memory.reset_from_sums(proxy_feature_sums(features, proxies), clusters, proxies, cams)
+    return memory
 '''
 
 SCRIPT = "import lwtgpf  # fastreid's imports need its fixes first\n" + COMMON + '''
@@ -61,8 +72,7 @@ import numpy as np
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lwtgpf.engine.features import extract_features, reset_memory
-from lwtgpf.memory import ProxyMemory
+from lwtgpf.engine.features import extract_features
 
 
 def worker(rank, world, init, out):
@@ -70,8 +80,7 @@ def worker(rank, world, init, out):
     features = extract_features(TableModel(), loader(), N)
     assert torch.equal(features.global_all, table()[0])  # every process holds every global feature
     assert features.parts_local.shape == (LEVELS - 1, len(features.rows), DIM)
-    memory = ProxyMemory()
-    reset_memory(memory, features, *labels())
+    memory = memory_of(features)
     np.save(f"{out}/memory_{rank}.npy", memory.memory.numpy())
     dist.destroy_process_group()
 
@@ -101,8 +110,7 @@ def normalised_means():
 
 def test_lean_memory_equals_plain_memory_in_one_process():
     features = extract_features(namespace["TableModel"](), namespace["loader"](), namespace["N"])
-    memory = ProxyMemory()
-    reset_memory(memory, features, *namespace["labels"]())
+    memory = namespace["memory_of"](features)
     assert torch.equal(memory.memory, plain_memory())
     assert torch.allclose(memory.memory, normalised_means(), atol=1e-6)
 
@@ -110,8 +118,7 @@ def test_lean_memory_equals_plain_memory_in_one_process():
 def test_float16_parts_are_close_to_float32():
     features = extract_features(namespace["TableModel"](), namespace["loader"](), namespace["N"], "float16")
     assert features.parts_local.dtype == torch.float16 and features.global_all.dtype == torch.float32
-    memory = ProxyMemory()
-    reset_memory(memory, features, *namespace["labels"]())
+    memory = namespace["memory_of"](features)
     plain = plain_memory()
     assert torch.equal(memory.memory[0], plain[0])  # global features stay float32
     assert torch.allclose(memory.memory, plain, atol=2e-3) and not torch.equal(memory.memory, plain)

@@ -12,7 +12,7 @@ import torch
 import lwtgpf  # noqa: F401
 
 from lwtgpf.engine import Trainer
-from lwtgpf.engine.cli import load_config
+from lwtgpf.cli import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs/LWTGPF/synthetic.yml"

@@ -9,8 +9,9 @@ import torch
 from fastreid.utils.events import EventStorage, JSONWriter
 
 import lwtgpf  # noqa: F401
-from lwtgpf.engine.cluster_health import check_cluster_sizes
-from lwtgpf.engine.state import restore_storage, rng_state, set_rng_state, storage_state, truncate_metrics
+from lwtgpf.engine.checkpoint import CheckpointError
+from lwtgpf.engine.state import (ResumeState, restore_storage, resume_state, rng_state, set_rng_state, storage_state,
+                               truncate_metrics)
 
 
 def draws():
@@ -63,25 +64,6 @@ def test_metrics_json_is_cut_after_the_checkpoint(tmp_path):
     assert truncate_metrics(str(tmp_path / "none.json"), 5) == 0
 
 
-def test_one_giant_cluster_is_reported_with_a_smaller_eps(caplog):
-    stats = {"nn_dist_p10": 0.0, "nn_dist_p50": 0.21, "nn_dist_p90": 0.4,
-             "core_dist_p10": 0.1, "core_dist_p50": 0.347, "core_dist_p90": 0.6}
-    labels = np.array([0] * 6 + [1, 1, -1, -1])
-    with caplog.at_level(logging.WARNING):
-        check_cluster_sizes(labels, stats, eps=0.6, max_fraction=0.5)
-    assert stats["largest_cluster_fraction"] == 0.6
-    assert "One cluster holds 6 of 10 samples (60% > CLUSTER.MAX_CLUSTER_FRACTION 50%)" in caplog.text
-    assert "core_dist_p50 0.347" in caplog.text and "try CLUSTER.EPS 0.34" in caplog.text
-    caplog.clear()
-    stats = {"core_dist_p50": 0.7}
-    with caplog.at_level(logging.WARNING):
-        check_cluster_sizes(labels, stats, eps=0.6, max_fraction=0.5)
-    assert "try CLUSTER.EPS 0.50" in caplog.text
-    caplog.clear()
-    check_cluster_sizes(np.array([0, 0, 1, 1, 2]), stats, eps=0.6, max_fraction=0.5)
-    assert stats["largest_cluster_fraction"] == 0.4 and not caplog.text
-
-
 def test_diverged_processes_stop_the_checkpoint(monkeypatch):
     from fastreid.utils import comm
 
@@ -98,3 +80,39 @@ def test_diverged_processes_stop_the_checkpoint(monkeypatch):
     monkeypatch.setattr(comm, "all_gather", lambda value: [value, "0" * 40])
     with pytest.raises(RuntimeError, match="The processes diverged: their weights differ"):
         state.check_same_everywhere(digest, "weights")
+
+
+def saved_state(epoch_done, iteration, **extra):
+    return {"iteration": iteration, "epoch_done": epoch_done, "iters_per_epoch": 10, "seed": 77, "world_size": 1,
+            "rng": [rng_state()], "storage": {"latest": {}, "hints": {}, "history": {}, "last_write": iteration},
+            **extra}
+
+
+def test_resume_state_after_a_finished_epoch():
+    state = resume_state({"epoch": 2, "trainer": saved_state(True, 29)}, "c.pth", iters_per_epoch=10)
+    assert state == ResumeState(path="c.pth", start_epoch=3, start_iter=30, seed=77, finished_epoch=2,
+                                storage=state.storage, metrics_written=29)
+    assert not state.restores(3)
+
+
+def test_resume_state_inside_an_epoch_restores_that_epoch_only():
+    labels = [torch.tensor([0, 1, -1]), torch.tensor([0, 2, -1])]
+    memory = {"memory": torch.ones(1, 3, 4)}
+    trainer = saved_state(False, 24, pseudo_labels=labels, memory=memory)
+    state = resume_state({"epoch": 2, "trainer": trainer}, "c.pth", iters_per_epoch=10)
+    assert (state.start_epoch, state.start_iter, state.start_batch, state.finished_epoch) == (2, 25, 5, None)
+    assert state.epoch_state["pseudo_labels"] is labels and state.epoch_state["memory"] is memory
+    assert state.restores(2) and not state.restores(3)
+    # a supervised run has no epoch state to give back, only where to start
+    supervised = resume_state({"epoch": 2, "trainer": saved_state(False, 24)}, "c.pth", iters_per_epoch=10)
+    assert supervised.start_batch == 5 and supervised.epoch_state is None and not supervised.restores(2)
+    with pytest.raises(CheckpointError, match="c.pth was saved inside an epoch of 10 iterations; SOLVER.ITERS_PER_EPOCH is 12"):
+        resume_state({"epoch": 2, "trainer": trainer}, "c.pth", iters_per_epoch=12)
+
+
+def test_resume_state_of_a_checkpoint_without_run_state(caplog):
+    with caplog.at_level(logging.WARNING):
+        state = resume_state({"epoch": 1}, "old.pth", iters_per_epoch=10)
+    assert state == ResumeState(path="old.pth", start_epoch=2, start_iter=20, metrics_written=19)
+    assert "old.pth holds no RNG or loader state" in caplog.text
+    assert ResumeState() == ResumeState(start_epoch=0, start_iter=0) and not ResumeState().restores(0)

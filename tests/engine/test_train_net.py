@@ -17,6 +17,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs/LWTGPF/synthetic.yml")
+SUPERVISED = str(ROOT / "configs/Supervised/synthetic.yml")
 PAUSING = str(Path(__file__).resolve().parent / "pausing_train_net.py")
 TINY = [
     "MODEL.DEVICE", "cpu",
@@ -44,7 +45,7 @@ TIMING = {"time", "data_time", "eta_seconds", "cluster/seconds"}
 MEASURED = ("_seconds", "_host_gb", "_device_gb")  # per-stage time and memory of the clustering
 
 
-def train_net(data, *opts, flags=(), pause=None, check=True):
+def train_net(data, *opts, flags=(), pause=None, check=True, config=CONFIG):
     """Run tools/train_net.py; with `pause` ("iter:N", "save:K", "cluster:E"), SIGKILL it there."""
     env = dict(os.environ, FASTREID_DATASETS=str(data), OMP_NUM_THREADS="1")  # 2 processes share 2 cores
     script = str(ROOT / "tools/train_net.py")
@@ -52,7 +53,7 @@ def train_net(data, *opts, flags=(), pause=None, check=True):
         marker = data.parent / f"pause-{time.monotonic_ns()}"
         env.update(PAUSE_AT=pause, PAUSE_MARKER=str(marker))
         script = PAUSING
-    cmd = [sys.executable, script, "--config-file", CONFIG, *flags, *TINY, *opts]
+    cmd = [sys.executable, script, "--config-file", config, *flags, *TINY, *opts]
     if not pause:
         result = subprocess.run(cmd, cwd=data.parent, env=env, capture_output=True, text=True, timeout=900)
         if check:
@@ -174,6 +175,42 @@ def test_two_processes(data, reference):
     assert labels(full, 0) == labels(reference, 0)
     final = torch.load(full / "model_final.pth", weights_only=True)["trainer"]
     assert len(set(final["digests"])) == 1
+
+
+@pytest.mark.slow
+def test_supervised_run_resumes_exactly(data):
+    opts = [*RUN, "SOLVER.CHECKPOINT_ITERS", "3", "MODEL.BACKBONE.FEAT_DIM", "64"]  # 8 x TINY's EMBED_DIM
+    full = data.parent / "supervised"
+    train_net(data, *opts, "OUTPUT_DIR", str(full), config=SUPERVISED)
+    killed = data.parent / "supervised_killed"
+    train_net(data, *opts, "OUTPUT_DIR", str(killed), config=SUPERVISED, pause="iter:3")  # mid-epoch 0
+    state = torch.load(killed / "model_last.pth", weights_only=True)["trainer"]
+    assert (state["iteration"], state["epoch_done"]) == (2, False) and "pseudo_labels" not in state
+    log = train_net(data, *opts, "OUTPUT_DIR", str(killed), config=SUPERVISED, flags=["--resume"]).stdout
+    assert "at epoch 0, iteration 3 of 4" in (killed / "log.txt").read_text()
+    assert max_abs_diff(weights(killed / "model_final.pth"), weights(full / "model_final.pth")) == 0
+    assert metrics(killed) == metrics(full)
+    assert "Evaluation results" in log
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes(data, reference):
+    out = data.parent / "two_then_one"
+    opts = [*RUN, "OUTPUT_DIR", str(out)]
+    train_net(data, *opts, flags=["--num-gpus", "2"], pause="iter:3")  # model_last after iteration 1
+    saved = torch.load(out / "model_last.pth", weights_only=True)["trainer"]
+    assert saved["world_size"] == 2 and saved["iteration"] == 1
+    first_labels = labels(out, 0)
+    train_net(data, *opts, flags=["--resume"])
+    log = (out / "log.txt").read_text()
+    assert "was saved by 2 processes, this run has 1" in log and "at epoch 0, iteration 2 of 4" in log
+    # epoch 0 goes on with the two-process run's pseudo labels and memory; epoch 1 clusters again
+    assert labels(out, 0) == first_labels
+    assert [r["iteration"] for r in metrics(out)] == sorted({r["iteration"] for r in metrics(out)})
+    assert {r["iteration"] for r in metrics(out)} >= set(range(8))
+    final = torch.load(out / "model_final.pth", weights_only=True)
+    assert final["trainer"]["world_size"] == 1 and final["iteration"] == 7
+    assert max_abs_diff(weights(out / "model_final.pth"), weights(reference / "model_final.pth")) > 0
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import pytest
 from fastreid.evaluation.rank import evaluate_rank as fastreid_evaluate_rank
 
 from lwtgpf.evaluation import evaluate_rank
+from lwtgpf.evaluation.protocol import kept_mask, valid_queries
 
 
 def _problem(rng, num_q, num_g, num_ids, num_cams, tied):
@@ -50,6 +51,34 @@ def test_queries_without_valid_match_are_skipped():
     _assert_same(ours, fastreid_evaluate_rank(*args, use_cython=False))
     has_match = [((g_pids == p) & (g_cams != c)).any() for p, c in zip(q_pids, q_cams)]
     assert len(ours[1]) == sum(has_match) <= 20
+
+
+def _plain_protocol(distmat, q_pids, g_pids, q_cams, g_cams):
+    """Written from the definition, one query at a time: rank the gallery, drop the images of the
+    query's identity seen by its camera; the query is valid when a true match is left."""
+    valid, all_ap = [], []
+    for q in range(len(q_pids)):
+        ranked = [g for g in np.argsort(distmat[q]) if not (g_pids[g] == q_pids[q] and g_cams[g] == q_cams[q])]
+        hits = np.flatnonzero([g_pids[g] == q_pids[q] for g in ranked])
+        valid.append(hits.size > 0)
+        if hits.size:
+            all_ap.append(np.mean(np.arange(1, hits.size + 1) / (hits + 1)))
+    return np.array(valid), all_ap
+
+
+@pytest.mark.parametrize("tied", [False, True], ids=["float", "integer-ties"])
+@pytest.mark.parametrize("seed", range(3))
+def test_valid_queries_and_ap_follow_the_definition(seed, tied):
+    rng = np.random.default_rng(100 + seed)
+    distmat, q_pids, g_pids, q_cams, g_cams = _problem(rng, 50, 80, 30, 3, tied=tied)
+    valid, all_ap = _plain_protocol(distmat, q_pids, g_pids, q_cams, g_cams)
+    assert 0 < valid.sum() < len(valid)  # both kinds of query, or the comparison proves little
+    np.testing.assert_array_equal(valid_queries(q_pids, q_cams, g_pids, g_cams), valid)
+    ours = evaluate_rank(distmat, q_pids, g_pids, q_cams, g_cams)[1]
+    assert len(ours) == len(all_ap)
+    np.testing.assert_allclose(ours, all_ap, rtol=0, atol=1e-12)
+    kept = kept_mask(q_pids[:, None], q_cams[:, None], g_pids[None], g_cams[None])
+    np.testing.assert_array_equal(kept, ~((q_pids[:, None] == g_pids) & (q_cams[:, None] == g_cams)))
 
 
 def test_gallery_smaller_than_max_rank():

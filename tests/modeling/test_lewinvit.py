@@ -217,9 +217,16 @@ def test_fastreid_baseline_runs_on_lewinvit():
     cfg = lewinvit_cfg(**{"MODEL.META_ARCHITECTURE": "Baseline", "MODEL.HEADS.NUM_CLASSES": 5,
                           "MODEL.BACKBONE.FEAT_DIM": 128, "MODEL.DEVICE": "cpu"})
     model = build_model(cfg).eval()
+    assert isinstance(model.backbone, LewinViT)
+    images = torch.rand(2, 3, 128, 64, generator=torch.Generator().manual_seed(0)) * 255
     with torch.no_grad():
-        feats = model({"images": torch.rand(2, 3, 128, 64) * 255})
+        feats = model({"images": images.clone()})  # Baseline normalises the batch in place
+        # fastreid's head pools LewinViT's NCHW map over its rows and columns, then its BNNeck
+        feature_map = model.backbone((images - model.pixel_mean) / model.pixel_std)
+        expected = model.heads.bottleneck(feature_map.mean((2, 3), keepdim=True))[..., 0, 0]
     assert feats.shape == (2, 128)
+    torch.testing.assert_close(feats, expected)
+    assert not torch.allclose(feats[0], feats[1], atol=1e-3)  # each image's own feature
 
 
 def test_no_graph_break():

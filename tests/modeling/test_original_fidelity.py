@@ -19,6 +19,7 @@ from fastreid.config import get_cfg
 from fastreid.modeling.meta_arch import build_model
 from lwtgpf.config import add_lwtgpf_config
 from lwtgpf.engine.checkpoint import AtomicCheckpointer
+from lwtgpf.modeling import model_file
 from lwtgpf.modeling.backbones.lewinvit import LewinBlock
 from lwtgpf.modeling.original import convert_original, describe_original, original_state_dict
 
@@ -320,18 +321,18 @@ def test_model_weights_pointing_at_an_original_checkpoint_is_converted_on_load(t
     torch.save(checkpoint, path)
     cfg = market_cfg(*SMALL_OVERRIDES)
     model = build_model(cfg)
-    checkpointer = AtomicCheckpointer(model)
     records = []
     handler = logging.Handler()
     handler.emit = records.append
-    level = checkpointer.logger.level
-    checkpointer.logger.addHandler(handler)
-    checkpointer.logger.setLevel(logging.INFO)
+    logger = model_file.logger
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
-        checkpointer.load(str(path))
+        AtomicCheckpointer(model).load(str(path))
     finally:
-        checkpointer.logger.removeHandler(handler)
-        checkpointer.logger.setLevel(level)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     assert sum("original LWTGPF code" in r.getMessage() for r in records) == 1
     assert_original_features(model, checkpoint, cfg)
 

@@ -10,11 +10,11 @@ import torch
 import torch.nn as nn
 
 import lwtgpf  # noqa: F401  (fastreid compatibility first)
-from lwtgpf.engine.cli import load_config
+from lwtgpf.cli import load_config
 from lwtgpf.modeling.backbones.lewinvit import LewinViT, build_lewinvit_backbone
-from lwtgpf.modeling.backbones.pretrained import (adapt_rel_pos_table, lewinvit_to_solider, load_pretrained,
-                                                  mmcls_merge_to_timm, read_state_dict, solider_to_timm,
-                                                  timm_to_lewinvit)
+from lwtgpf.modeling.backbones.pretrained import (lewinvit_to_solider, load_pretrained, mmcls_merge_to_timm,
+                                                  solider_to_timm, timm_to_lewinvit)
+from lwtgpf.weights import adapt_rel_pos_table, read_state_dict
 
 SMALL = dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2))
 ORDER = (0, 2, 1, 3)  # mmcls position g' holds timm's 2x2 group ORDER[g']

@@ -9,7 +9,7 @@ import torch
 
 import lwtgpf  # noqa: F401
 
-from lwtgpf.engine.cli import load_config
+from lwtgpf.cli import load_config
 from lwtgpf.modeling.backbones.lewinvit import build_lewinvit_backbone
 from lwtgpf.modeling.backbones.pretrained import load_pretrained
 

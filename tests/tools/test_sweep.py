@@ -35,22 +35,48 @@ def merged(*files, opts=()):
     return cfg
 
 
-def test_each_method_runs_its_config(sweep):
+def with_keys(cfg, **values):
+    """A copy of `cfg` with the dotted keys (`__` for `.`) set to the values."""
+    cfg = cfg.clone()
+    cfg.merge_from_list([item for key, value in values.items() for item in (key.replace("__", "."), value)])
+    return cfg
+
+
+def test_each_method_runs_its_config(sweep, tmp_path, monkeypatch):
+    """What the sweep hands each method, read as tools/train_net.py reads it: the method's own file
+    (with its _BASE_ chain) and the sweep's options."""
+    given = []
+
+    def fake_untrained(config, opts):
+        given.append(merged(config, opts=opts))
+        return {"mAP": 1.0, "Rank-1": 1.0}
+
+    def fake_train(config, output_dir, opts, console=None):
+        output_dir.mkdir(parents=True)
+        (output_dir / "metrics.json").write_text("")
+        return fake_untrained(config, opts)
+
+    monkeypatch.setattr(sweep, "train", fake_train)
+    monkeypatch.setattr(sweep, "untrained", fake_untrained)
+    sweep.main(["--points", "cast6", "--methods", ",".join(sweep.METHODS), "--output-dir", str(tmp_path)])
+    cfg = dict(zip(sweep.METHODS, given, strict=True))
     base = merged(ROOT / "configs/LWTGPF/Base-LWTGPF.yml")
-    demo = ROOT / "configs/LWTGPF/synthetic.yml"
-    published = merged(sweep.CONFIGS["published"], opts=sweep.method_opts("published", "pretrained"))
-    plus = merged(demo, sweep.CONFIGS["plus"], opts=sweep.method_opts("plus", "pretrained"))
-    assert sweep.CONFIGS["published"] == demo
-    for key in ("CAMERA_NORM",):
-        assert published.CLUSTER[key] == base.CLUSTER[key] == "none"
+    published, plus = cfg["published"], cfg["plus"]
+    assert all(c.DATASETS.SYNTHETIC.COLOUR_CAST == 6.0 for c in given)
+    assert published.CLUSTER.CAMERA_NORM == base.CLUSTER.CAMERA_NORM == "none"
     assert not published.INPUT.GRAY_WORLD and published.MODEL.BACKBONE.PRETRAIN
     assert plus.CLUSTER.CAMERA_NORM == "center" and plus.INPUT.GRAY_WORLD
-    supervised = merged(demo, sweep.CONFIGS["supervised"], opts=sweep.method_opts("supervised", "pretrained"))
-    sup_plus = merged(demo, sweep.CONFIGS["supervised_plus"], opts=sweep.method_opts("supervised_plus", "pretrained"))
-    assert not supervised.INPUT.GRAY_WORLD and sup_plus.INPUT.GRAY_WORLD  # the plus inputs, nothing else
-    assert sweep.plus_input_opts() == ["INPUT.GRAY_WORLD", "True"]
-    random_init = merged(demo, opts=sweep.method_opts("random_init", "pretrained"))
-    assert published.MODEL.BACKBONE.PRETRAIN and not random_init.MODEL.BACKBONE.PRETRAIN
+    assert with_keys(plus, CLUSTER__CAMERA_NORM="none", INPUT__GRAY_WORLD="False",
+                     OUTPUT_DIR=published.OUTPUT_DIR) == published  # the additions, nothing else
+    assert cfg["direct"] == published
+    assert not cfg["random_init"].MODEL.BACKBONE.PRETRAIN
+    assert with_keys(cfg["random_init"], MODEL__BACKBONE__PRETRAIN="True") == published
+    supervised, sup_plus = cfg["supervised"], cfg["supervised_plus"]
+    assert supervised.MODEL.META_ARCHITECTURE == "Baseline" and not supervised.INPUT.GRAY_WORLD
+    assert (supervised.MODEL.BACKBONE.PRETRAIN, supervised.MODEL.BACKBONE.PRETRAIN_PATH) == \
+        (published.MODEL.BACKBONE.PRETRAIN, published.MODEL.BACKBONE.PRETRAIN_PATH)
+    assert sup_plus.INPUT.GRAY_WORLD
+    assert with_keys(sup_plus, INPUT__GRAY_WORLD="False") == supervised  # the plus inputs, nothing else
 
 
 def test_random_start_is_the_earlier_demo_recipe(sweep):

@@ -18,11 +18,11 @@ import torch
 
 from lwtgpf.camera_norm import camera_normalise
 from lwtgpf.clustering import knn, pseudo_labels
-from lwtgpf.data.build import load_train_items
+from lwtgpf.data.build import build_inference_loader, load_train_items
 from lwtgpf.engine import Trainer
-from lwtgpf.engine.cli import load_config
+from lwtgpf.cli import load_config
+from lwtgpf.engine.cluster_report import cross_camera_share
 from lwtgpf.engine.features import extract_features
-from lwtgpf.engine.hooks import ClusterHook
 from sweep import GRID, START_OPTS, UNSUPERVISED, point_opts
 
 
@@ -42,22 +42,22 @@ def main(args: argparse.Namespace) -> None:
                           + ["INPUT.GRAY_WORLD", str(gray_world)])
         torch.manual_seed(0)
         model = Trainer.build_model(cfg)
-        hook = ClusterHook(cfg, load_train_items(cfg))
-        features = extract_features(model.eval(), hook.loader, len(hook.items)).global_all
+        items = load_train_items(cfg)
+        cams = np.asarray([cam for _, _, cam in items])
+        identity = np.unique([str(pid) for _, pid, _ in items], return_inverse=True)[1]
+        features = extract_features(model.eval(), build_inference_loader(cfg, items), len(items)).global_all
         for mode in ("none", "center"):
             start = time.perf_counter()
-            x = camera_normalise(features, hook.cams, mode)
+            x = camera_normalise(features, cams, mode)
             seconds = time.perf_counter() - start
             nbr = knn(x, args.k + 1)[:, 1:]
-            other_cam = hook.cams[nbr] != hook.cams[:, None]
-            same_person = hook.gt[nbr] == hook.gt[:, None]
+            other_cam = cams[nbr] != cams[:, None]
+            same_person = identity[nbr] == identity[:, None]
             c = cfg.CLUSTER
-            clusters, proxies = pseudo_labels(x, hook.cams, eps=c.EPS, min_samples=c.MIN_SAMPLES, k1=c.K1, k2=c.K2,
+            clusters, proxies = pseudo_labels(x, cams, eps=c.EPS, min_samples=c.MIN_SAMPLES, k1=c.K1, k2=c.K2,
                                               knn_backend=c.KNN)
             kept = proxies >= 0
-            proxy_cluster = np.zeros(proxies.max() + 1, dtype=np.int64)
-            proxy_cluster[proxies[kept]] = clusters[kept]
-            joined = int((np.bincount(proxy_cluster) > 1).sum())
+            joined = round(cross_camera_share(clusters, proxies) * (clusters.max() + 1))
             rows.append(f"| {point} | {len(x)} | {'yes' if gray_world else 'no'} | {mode} | "
                         f"{100 * (same_person & other_cam).mean():.1f}% | "
                         f"{100 * same_person.mean():.1f}% | {100 * other_cam.mean():.1f}% | "

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from lwtgpf.engine.cli import load_config
+    from lwtgpf.cli import load_config
     from lwtgpf.analysis.heatmap import heat_maps, heat_share_in_box
     from lwtgpf.analysis.inputs import load_batch
     from lwtgpf.analysis.retrieval import build_eval_model

@@ -33,7 +33,7 @@ def _median_seconds(run, repeats: int) -> float:
 
 
 def main(args: argparse.Namespace) -> None:
-    from lwtgpf.engine.cli import load_config
+    from lwtgpf.cli import load_config
     from lwtgpf.analysis.export import export_onnx, onnx_session, parity, run_session
     from lwtgpf.analysis.retrieval import build_eval_model
 

@@ -1,12 +1,10 @@
 """Command lines of the analysis tools (sub-commands): options first, then fast-reid's KEY VALUE
-overrides; the config is loaded as tools/train_net.py loads it (`lwtgpf.engine.cli`)."""
+overrides; the config is loaded as tools/train_net.py loads it (`lwtgpf.cli.load_config`)."""
 import argparse
 import re
 from typing import List, Optional, Sequence, Tuple
 
-from ..engine.cli import load_config  # noqa: F401  (the tools' one config loader, re-exported)
-
-__all__ = ["add_overrides", "load_config", "parse_args"]
+__all__ = ["add_overrides", "parse_args"]
 
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")  # MODEL.WEIGHTS, TEST.RERANK.ENABLED, ...
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..data.io import read_image
 from ..evaluation.evaluator import Ranking
+from ..evaluation.protocol import kept_mask
 from .heatmap import side_by_side
 
 __all__ = ["QUERY_ORDERS", "cmc_figure", "ranked_gallery", "ranklist_image", "roc_curve", "roc_figure",
@@ -20,8 +21,8 @@ _GREEN, _RED, _GREY = (0, 170, 0), (220, 0, 0), (160, 160, 160)
 def ranked_gallery(ranking: Ranking, query: int, topk: int) -> Tuple[np.ndarray, np.ndarray]:
     """Gallery indices of the query's top `topk` under the protocol, and whether each is a true match."""
     order = np.argsort(ranking.distmat[query])  # numpy's default sort, as the evaluator ranks
+    kept = kept_mask(ranking.q_pids[query], ranking.q_camids[query], ranking.g_pids[order], ranking.g_camids[order])
     same_pid = ranking.g_pids[order] == ranking.q_pids[query]
-    kept = ~(same_pid & (ranking.g_camids[order] == ranking.q_camids[query]))
     return order[kept][:topk], same_pid[kept][:topk]
 
 
@@ -60,8 +61,8 @@ def roc_curve(ranking: Ranking) -> Tuple[np.ndarray, np.ndarray]:
     """False and true positive rates over every (query, kept gallery image) pair, scored by -distance."""
     from sklearn.metrics import roc_curve as sk_roc_curve
 
+    kept = kept_mask(ranking.q_pids[:, None], ranking.q_camids[:, None], ranking.g_pids[None], ranking.g_camids[None])
     same_pid = ranking.q_pids[:, None] == ranking.g_pids[None]
-    kept = ~(same_pid & (ranking.q_camids[:, None] == ranking.g_camids[None]))
     fpr, tpr, _ = sk_roc_curve(same_pid[kept], -ranking.distmat[kept], drop_intermediate=True)
     return fpr, tpr
 

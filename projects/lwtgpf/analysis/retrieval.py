@@ -7,7 +7,7 @@ from fastreid.config import CfgNode
 from fastreid.modeling.meta_arch import build_model
 from torch import nn
 
-from ..engine.checkpoint import AtomicCheckpointer
+from ..modeling.model_file import load_model_file
 
 __all__ = ["RetrievalModel", "build_eval_model", "retrieval_embedding"]
 
@@ -54,5 +54,5 @@ def build_eval_model(cfg: CfgNode) -> nn.Module:
     if cfg.MODEL.WEIGHTS:
         if not os.path.isfile(cfg.MODEL.WEIGHTS):
             raise FileNotFoundError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} does not exist")
-        AtomicCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+        load_model_file(model, cfg.MODEL.WEIGHTS)
     return model.eval()

@@ -14,7 +14,7 @@ and mask on the windows the block attended over; the model keeps its fused atten
 computes exactly what it computes without the recorder.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F

@@ -2,12 +2,13 @@
 once), test sets that cannot be evaluated, camera ids without a camera embedding."""
 import logging
 import os
-from collections import defaultdict
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 from fastreid.config import CfgNode
 from fastreid.utils import comm
 
+from ..evaluation.protocol import valid_queries
 from .io import UnreadableImageError, find_unreadable, unreadable_message
 
 __all__ = ["DataCheckError", "usable_splits", "check_cross_camera", "check_camera_ids"]
@@ -63,6 +64,11 @@ def usable_splits(cfg: CfgNode, splits: Dict[str, Sequence[Item]]) -> Dict[str, 
     return {name: [item for item in items if item[0] not in bad] for name, items in splits.items()}
 
 
+def _pids_and_cams(items: Sequence[Item]) -> Tuple[np.ndarray, np.ndarray]:
+    """The identities and cameras of `items` as arrays, the protocol's inputs."""
+    return np.array([pid for _, pid, _ in items]), np.array([cam for _, _, cam in items])
+
+
 def check_cross_camera(name: str, query: Sequence[Item], gallery: Sequence[Item]) -> None:
     """Stop when no query of test set `name` has a gallery image of its identity from another camera.
 
@@ -71,10 +77,7 @@ def check_cross_camera(name: str, query: Sequence[Item], gallery: Sequence[Item]
     matches only). Queries without a match are otherwise skipped by the protocol; their count is
     logged.
     """
-    cams_of = defaultdict(set)
-    for _, pid, cam in gallery:
-        cams_of[pid].add(cam)
-    matched = sum(1 for _, pid, cam in query if cams_of.get(pid, set()) - {cam})
+    matched = int(valid_queries(*_pids_and_cams(query), *_pids_and_cams(gallery)).sum())
     if matched == len(query) and query:
         return
     if matched:
@@ -82,7 +85,7 @@ def check_cross_camera(name: str, query: Sequence[Item], gallery: Sequence[Item]
                     f"identity from another camera; the protocol skips them")
         return
     cameras = sorted({cam for _, _, cam in query} | {cam for _, _, cam in gallery})
-    shared = {pid for _, pid, _ in query} & set(cams_of)
+    shared = {pid for _, pid, _ in query} & {pid for _, pid, _ in gallery}
     if not query or not gallery:
         why = f"the query has {len(query)} images and the gallery {len(gallery)}"
     elif len(cameras) == 1:

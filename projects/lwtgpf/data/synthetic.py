@@ -56,7 +56,7 @@ _FORMAT_VERSION = 3  # 3: format 2's images plus person_boxes.csv
 # same-identity nearest neighbours and 15 epochs of LWTGPF reached about 2 mAP; at 0.4, 26 mAP;
 # at 0.15, 57 mAP (supervised: 87-88). docs/BENCHMARKS.md has the whole grid.
 BIAS_DEFAULTS = {
-    "colour_cast": 1.0,  # exponent on every camera's per-channel gains (whole image): 0 none, 3 strong
+    "colour_cast": 1.0,  # exponent on every camera's per-channel gains (whole image): 0 none, 1 default, 3 moderate, 6 strong
     "background_contrast": 0.15,  # contrast left to every camera's scenery: 0 flat grey, 1 full
     "blur_noise": 1.0,  # factor on every camera's blur sigma and sensor-noise std
 }

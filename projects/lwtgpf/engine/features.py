@@ -3,24 +3,20 @@
 Every process extracts its contiguous share of the images (fastreid's InferenceSampler) on its
 own device. Clustering needs every global feature, so those are gathered to every process; the
 part features are only needed for the proxy memory's means, so each process keeps just its own
-share of them (optionally in float16) until the labels exist, sums them per proxy, and the sums
-are all-reduced. No process ever holds the [1+P, N, D] tensor: at N = 1,000,000, D = 768, P = 5
+share of them (optionally in float16) until the labels exist; it then sums them per proxy and the
+sums are all-reduced (`pseudo_labelling.proxy_feature_sums`). No process ever holds the [1+P, N, D] tensor: at N = 1,000,000, D = 768, P = 5
 that tensor is 18 GB in float32, the global features alone 3 GB.
 """
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.distributed as dist
 from fastreid.utils import comm
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..distributed import all_gather_rows, collective_device
-from ..knn import split_rows
-from ..memory import ProxyMemory, proxy_sums
+from ..distributed import all_gather_rows, split_rows
 
-__all__ = ["EpochFeatures", "extract_features", "reset_memory"]
+__all__ = ["EpochFeatures", "extract_features"]
 
 PART_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
@@ -62,19 +58,3 @@ def extract_features(model: torch.nn.Module, loader: DataLoader, num_images: int
     global_all = all_gather_rows(global_local, len(split_rows(num_images, comm.get_world_size())[0]))
     return EpochFeatures(global_all, parts_local, rows)
 
-
-@torch.no_grad()
-def reset_memory(memory: ProxyMemory, features: EpochFeatures, cluster_labels: np.ndarray,
-                 proxy_labels: np.ndarray, cams: np.ndarray) -> None:
-    """`memory.reset` with every image's features, from each process's share: per-proxy sums of
-    the share, all-reduced, normalised. With one process it computes what `reset` computes."""
-    local = torch.as_tensor(proxy_labels[features.rows.start:features.rows.stop], device=features.parts_local.device)
-    num_proxies = int(proxy_labels.max()) + 1
-    global_local = features.global_all[features.rows.start:features.rows.stop]
-    sums = torch.cat([proxy_sums(global_local[None], local, num_proxies),
-                      proxy_sums(features.parts_local, local, num_proxies)])
-    if comm.get_world_size() > 1:
-        reduced = sums.to(collective_device(sums.device))
-        dist.all_reduce(reduced)
-        sums = reduced.to(sums.device)
-    memory.reset_from_sums(sums, cluster_labels, proxy_labels, cams)

@@ -1,10 +1,10 @@
-"""Training hooks: per-epoch clustering, memory update, epoch-wise learning rate, metrics, evaluation."""
+"""Training hooks: per-epoch pseudo labels, memory update, epoch-wise learning rate, metrics,
+checkpoints, evaluation."""
 import bisect
-import csv
 import logging
 import os
 import re
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, List, Sequence
 
 import numpy as np
 import torch
@@ -13,16 +13,13 @@ from fastreid.engine.train_loop import HookBase
 from fastreid.evaluation.testing import flatten_results_dict
 from fastreid.utils import comm
 from fastreid.utils.events import EventWriter
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch.nn.parallel import DistributedDataParallel
 
-from ..analysis.tensorboard import EmbeddingProjector
-from ..camera_norm import camera_normalise, check_camera_norm
-from ..clustering import pseudo_labels
+from ..camera_norm import check_camera_norm
 from ..data.build import Item, build_inference_loader
-from ..knn import KnnSearch
-from .cluster_health import check_cluster_sizes
-from .features import extract_features, reset_memory
+from .cluster_report import ClusterReport
+from .features import extract_features
+from .pseudo_labelling import label_epoch
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -137,7 +134,7 @@ class EpochEvalHook(HookBase):
         return epoch + 1 >= self.max_epoch or (self.period > 0 and (epoch + 1) % self.period == 0)
 
     def before_train(self):
-        epoch = self.trainer.resumed_epoch_end
+        epoch = self.trainer.resume.finished_epoch
         if epoch is not None and self._due(epoch):
             self._run(epoch)
 
@@ -162,71 +159,74 @@ class EpochEvalHook(HookBase):
         comm.synchronize()
 
 
+
 class ClusterHook(HookBase):
-    """Before every epoch: training-set features -> pseudo labels -> proxies -> memory + loader.
+    """Before every epoch: the training set's pseudo labels (engine/pseudo_labelling.py), handed to
+    the proxy memory and to the trainer's loader, and reported on the main process
+    (engine/cluster_report.py). An epoch resumed from a checkpoint taken inside it continues with
+    the checkpoint's labels and memory instead.
 
     Features are extracted in eval mode with the test transform and the camera ids, each process
-    its share (`features.extract_features`); the processes share the neighbour search, the main
-    process clusters and broadcasts the labels (`clustering.pseudo_labels(..., distributed=True)`), so every
-    process trains on the same proxies; the memory is built from per-process sums. With
-    CLUSTER.CAMERA_NORM the clustering sees the global features normalised per camera (METHOD.md
-    section 9); the memory is built from the model's own features.
+    its share (`features.extract_features`); every process then trains on the same proxies.
     """
 
     def __init__(self, cfg, items: List[Item]):
+        check_camera_norm(cfg.CLUSTER.CAMERA_NORM)
         self.cfg = cfg
-        self.camera_norm = check_camera_norm(cfg.CLUSTER.CAMERA_NORM)
         self.items = items
         self.cams = np.asarray([cam for _, _, cam in items], dtype=np.int64)
-        self.gt = np.unique(np.asarray([str(pid) for _, pid, _ in items]), return_inverse=True)[1]
         self.loader = build_inference_loader(cfg, items)
-        self.projector = None
-        if cfg.CLUSTER.EMBEDDING_PERIOD > 0 and comm.is_main_process():
-            self.projector = EmbeddingProjector(cfg.OUTPUT_DIR, [path for path, _, _ in items], self.cams,
-                                                [pid for _, pid, _ in items], cfg.CLUSTER.EMBEDDING_SAMPLES)
+        self.report = ClusterReport(cfg, items) if comm.is_main_process() else None
 
     def before_epoch(self):
-        if self.trainer.epoch_restored:  # resumed inside the epoch: its labels and memory came from the checkpoint
+        trainer, epoch = self.trainer, self.trainer.epoch
+        model = unwrap(trainer.model)
+        if trainer.resume.restores(epoch):
+            state = trainer.resume.epoch_state
+            model.memory.load_training_state(state["memory"])
+            trainer.set_pseudo_labels(*[t.numpy() for t in state["pseudo_labels"]], start_batch=trainer.resume.start_batch)
             return
-        cfg, epoch = self.cfg.CLUSTER, self.trainer.epoch
-        model = unwrap(self.trainer.model)
-        features = extract_features(model, self.loader, len(self.items), cfg.PART_DTYPE)
-        stats = {}
-        cluster_labels, proxy_labels = pseudo_labels(
-            camera_normalise(features.global_all, self.cams, self.camera_norm), self.cams, eps=cfg.EPS,
-            min_samples=cfg.MIN_SAMPLES, k1=cfg.K1, k2=cfg.K2,
-            knn_backend=KnnSearch.from_config(cfg), stats=stats, distributed=True)
-        reset_memory(model.memory, features, cluster_labels, proxy_labels, self.cams)
-        if self.projector is not None and epoch % cfg.EMBEDDING_PERIOD == 0:
-            self.projector.write(epoch, features.global_all, cluster_labels)
+        features = extract_features(model, self.loader, len(self.items), self.cfg.CLUSTER.PART_DTYPE)
+        labels = label_epoch(features, self.cams, self.cfg.CLUSTER)
+        model.memory.reset_from_sums(labels.proxy_sums, labels.cluster, labels.proxy, self.cams)
+        if self.report is not None:
+            self.report.embed(epoch, features.global_all, labels)
         del features
-        self.trainer.set_pseudo_labels(cluster_labels, proxy_labels)
-        if comm.is_main_process():
-            self._report(epoch, cluster_labels, proxy_labels, stats)
+        trainer.set_pseudo_labels(labels.cluster, labels.proxy)
+        if self.report is not None:
+            self.report(epoch, labels, trainer.storage)
 
-    def _report(self, epoch: int, cluster_labels: np.ndarray, proxy_labels: np.ndarray,
-                stats: Dict[str, float]) -> None:
-        # Share of clusters that join two cameras or more (a proxy is one camera of one cluster).
-        kept = proxy_labels >= 0
-        proxy_cluster = np.zeros(int(proxy_labels.max()) + 1, dtype=np.int64)
-        proxy_cluster[proxy_labels[kept]] = cluster_labels[kept]
-        stats["cross_camera"] = float((np.bincount(proxy_cluster) > 1).mean())
-        if stats["cross_camera"] < 0.1 and len(np.unique(self.cams)) > 1:
-            hint = (" If this lasts, try CLUSTER.CAMERA_NORM center (docs/METHOD.md, section 9)."
-                    if self.camera_norm == "none" else "")
-            logger.warning(f"Epoch {epoch}: only {100 * stats['cross_camera']:.0f}% of the clusters join several "
-                           f"cameras: the pseudo labels follow the cameras, not the people.{hint}")
-        # Outliers count as singletons: pseudo labels that leave images out must not look better.
-        outlier = cluster_labels < 0
-        singleton = np.where(outlier, cluster_labels.max() + 1 + np.arange(len(cluster_labels)), cluster_labels)
-        stats["nmi"] = float(normalized_mutual_info_score(self.gt, singleton))
-        stats["ari"] = float(adjusted_rand_score(self.gt, singleton))
-        check_cluster_sizes(cluster_labels, stats, self.cfg.CLUSTER.EPS, self.cfg.CLUSTER.MAX_CLUSTER_FRACTION)
-        self.trainer.storage.put_scalars(**{f"cluster/{k}": v for k, v in stats.items()}, smoothing_hint=False)
-        logger.info(f"Epoch {epoch} pseudo labels vs ground truth: NMI {stats['nmi']:.4f}, ARI {stats['ari']:.4f}")
-        out_dir = os.path.join(self.cfg.OUTPUT_DIR, "pseudo_labels")
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, f"epoch_{epoch:03d}.csv"), "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["image", "camera", "cluster", "proxy"])
-            writer.writerows((path, cam, c, p) for (path, _, cam), c, p in zip(self.items, cluster_labels, proxy_labels))
+
+class CheckpointHook(HookBase):
+    """Saves the run's full state (`engine.state`) after every epoch, as `model_last`,
+    `model_XXXX` every `period` epochs and `model_final` after the last one, and as `model_last`
+    every `iters` iterations inside an epoch (0: never). It runs before the evaluation hook, so an
+    evaluation that fails loses nothing. Every process takes part (their RNG states are
+    gathered); the main process writes."""
+
+    def __init__(self, checkpointer, period: int, iters: int, max_epoch: int, iters_per_epoch: int):
+        self.checkpointer = checkpointer
+        self.period = period
+        self.iters = iters
+        self.max_epoch = max_epoch
+        self.iters_per_epoch = iters_per_epoch
+
+    def after_step(self):
+        it = self.trainer.iter
+        last_of_epoch = (it + 1) % self.iters_per_epoch == 0
+        if self.iters > 0 and (it + 1) % self.iters == 0 and not last_of_epoch:
+            self._save("model_last", it, epoch_done=False)
+
+    def after_epoch(self):
+        epoch = self.trainer.epoch
+        if epoch + 1 >= self.max_epoch:
+            name = "model_final"
+        elif self.period > 0 and (epoch + 1) % self.period == 0:
+            name = f"model_{epoch:04d}"
+        else:
+            name = "model_last"
+        self._save(name, self.trainer.iter - 1, epoch_done=True)
+
+    def _save(self, name: str, iteration: int, epoch_done: bool) -> None:
+        state = self.trainer.checkpoint_state(iteration, epoch_done)
+        self.checkpointer.save(name, epoch=self.trainer.epoch, iteration=iteration, trainer=state)

@@ -6,23 +6,29 @@ states, the metric history the writers need and, inside an epoch, the epoch's ps
 proxy memory. Sampler order, augmentation and loader workers draw from streams derived from the
 seed (`lwtgpf.data.seeding`), so a loader rebuilt at batch b continues exactly. A run resumed
 from any checkpoint therefore trains on CPU exactly as the uninterrupted run did, bit for bit.
+
+`checkpoint_state` writes that entry; `resume_state` reads it back as a frozen `ResumeState`,
+which is all the trainer and its hooks know of the interrupted run; `restore_processes` puts
+back each process's RNG states.
 """
 import hashlib
 import json
 import logging
 import os
 import random
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from fastreid.engine.train_loop import HookBase
 from fastreid.utils import comm
 from fastreid.utils.events import EventStorage
 from fastreid.utils.history_buffer import HistoryBuffer
 
-__all__ = ["CheckpointHook", "rng_state", "set_rng_state", "storage_state", "restore_storage",
-           "truncate_metrics", "parameters_digest", "persistent_buffers"]
+from .checkpoint import CheckpointError
+
+__all__ = ["ResumeState", "resume_state", "restore_processes", "checkpoint_state", "rng_state", "set_rng_state",
+           "storage_state", "restore_storage", "truncate_metrics", "parameters_digest", "persistent_buffers"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -129,37 +135,98 @@ def check_same_everywhere(digest: str, what: str) -> List[str]:
     return digests
 
 
-class CheckpointHook(HookBase):
-    """Saves the run's full state (see the module docstring) after every epoch, as `model_last`,
-    `model_XXXX` every `period` epochs and `model_final` after the last one, and as `model_last`
-    every `iters` iterations inside an epoch (0: never). It runs before the evaluation hook, so an
-    evaluation that fails loses nothing. Every process takes part (their RNG states are
-    gathered); the main process writes."""
+@dataclass(frozen=True)
+class ResumeState:
+    """Where a run starts, and what the checkpoint it resumes from gives back to the hooks.
 
-    def __init__(self, checkpointer, period: int, iters: int, max_epoch: int, iters_per_epoch: int):
-        self.checkpointer = checkpointer
-        self.period = period
-        self.iters = iters
-        self.max_epoch = max_epoch
-        self.iters_per_epoch = iters_per_epoch
+    A fresh run is `ResumeState()`: epoch 0, nothing restored.
+    - `start_epoch`, `start_iter`: the first epoch and iteration to train, `start_batch` the
+      iteration's place in its epoch (> 0 for a checkpoint taken inside an epoch);
+    - `seed`: the data seed of the checkpoint's run (None: the config's);
+    - `finished_epoch`: the epoch the checkpoint closed; its evaluation may still be due;
+    - `epoch_state`: a checkpoint taken inside an epoch holds that epoch's `pseudo_labels` and
+      proxy `memory`, which the epoch continues with instead of clustering again;
+    - `storage`, `metrics_written`: the writers' scalar history and the last iteration the
+      checkpoint's run had written to metrics.json.
+    """
 
-    def after_step(self):
-        it = self.trainer.iter
-        last_of_epoch = (it + 1) % self.iters_per_epoch == 0
-        if self.iters > 0 and (it + 1) % self.iters == 0 and not last_of_epoch:
-            self._save("model_last", it, epoch_done=False)
+    path: str = ""
+    start_epoch: int = 0
+    start_iter: int = 0
+    start_batch: int = 0
+    seed: Optional[int] = None
+    finished_epoch: Optional[int] = None
+    epoch_state: Optional[dict] = None
+    storage: Optional[dict] = None
+    metrics_written: Optional[int] = None
 
-    def after_epoch(self):
-        epoch = self.trainer.epoch
-        if epoch + 1 >= self.max_epoch:
-            name = "model_final"
-        elif self.period > 0 and (epoch + 1) % self.period == 0:
-            name = f"model_{epoch:04d}"
-        else:
-            name = "model_last"
-        self._save(name, self.trainer.iter - 1, epoch_done=True)
+    def restores(self, epoch: int) -> bool:
+        """Whether `epoch` continues with the checkpoint's pseudo labels and memory."""
+        return self.epoch_state is not None and epoch == self.start_epoch
 
-    def _save(self, name: str, iteration: int, epoch_done: bool) -> None:
-        state = self.trainer.training_state(iteration, epoch_done)
-        self.checkpointer.save(name, epoch=self.trainer.epoch, iteration=iteration, trainer=state)
 
+def resume_state(checkpoint: dict, path: str, iters_per_epoch: int) -> ResumeState:
+    """The `ResumeState` of a loaded checkpoint's extra entries (`epoch`, `trainer`), for a run of
+    `iters_per_epoch` iterations an epoch."""
+    state = checkpoint.get("trainer")
+    epoch = int(checkpoint.get("epoch", -1))
+    if state is None:  # written before checkpoints held the run's state
+        logger.warning(f"{path} holds no RNG or loader state: training continues at the next epoch, "
+                       f"but not exactly as the interrupted run would have")
+        start = (epoch + 1) * iters_per_epoch
+        return ResumeState(path, epoch + 1, start, metrics_written=start - 1)
+    common = dict(path=path, seed=state["seed"], storage=state["storage"],
+                  metrics_written=state["storage"]["last_write"])
+    if state["epoch_done"]:
+        return ResumeState(start_epoch=epoch + 1, start_iter=(epoch + 1) * iters_per_epoch, finished_epoch=epoch,
+                           **common)
+    if state["iters_per_epoch"] != iters_per_epoch:
+        raise CheckpointError(f"{path} was saved inside an epoch of {state['iters_per_epoch']} iterations; "
+                              f"SOLVER.ITERS_PER_EPOCH is {iters_per_epoch}: resume with the same value")
+    epoch_state = {key: state[key] for key in ("pseudo_labels", "memory") if key in state} or None
+    start_iter = state["iteration"] + 1
+    return ResumeState(start_epoch=epoch, start_iter=start_iter, start_batch=start_iter - epoch * iters_per_epoch,
+                       epoch_state=epoch_state, **common)
+
+
+def restore_processes(checkpoint: dict, model: torch.nn.Module, path: str) -> None:
+    """Put back this process's RNG states and, inside an epoch, its BatchNorm statistics, from a
+    loaded checkpoint's `trainer` entry. With another number of processes than the checkpoint's
+    run, every process takes process 0's RNG states (the run can then not be exact)."""
+    state = checkpoint.get("trainer")
+    if state is None:
+        return
+    if state["world_size"] == comm.get_world_size():
+        set_rng_state(state["rng"][comm.get_rank()])
+        if "buffers" in state:
+            model.load_state_dict(state["buffers"][comm.get_rank()], strict=False)
+        return
+    logger.warning(f"{path} was saved by {state['world_size']} processes, this run has "
+                   f"{comm.get_world_size()}: the RNG states of the model's random layers differ "
+                   f"from the interrupted run's")
+    set_rng_state(state["rng"][0])
+
+
+def checkpoint_state(model: torch.nn.Module, iteration: int, epoch_done: bool, *, iters_per_epoch: int, seed: int,
+                     storage: EventStorage, last_write: int, epoch_state: Optional[dict] = None) -> dict:
+    """The `trainer` entry of a checkpoint (see the module docstring): a collective call, every
+    process makes it. `epoch_state` holds the epoch's `pseudo_labels` and `memory` of an
+    unsupervised run, saved inside an epoch only."""
+    state = {
+        "iteration": iteration,
+        "epoch_done": epoch_done,
+        "iters_per_epoch": iters_per_epoch,
+        "seed": seed,
+        "world_size": comm.get_world_size(),
+        "rng": gather_rng_states(),
+        "storage": storage_state(storage, last_write),
+    }
+    tensors = []
+    if comm.get_world_size() > 1 and not epoch_done:  # BatchNorm statistics differ between processes
+        state["buffers"] = comm.all_gather({k: v.detach().cpu().clone() for k, v in persistent_buffers(model).items()})
+    if epoch_state is not None and not epoch_done:
+        state.update(epoch_state)
+        tensors = state["pseudo_labels"] + [state["memory"][k] for k in sorted(state["memory"])]
+    state["digests"] = check_same_everywhere(parameters_digest(model, *tensors),
+                                             "parameters, pseudo labels or proxy memories")
+    return state

@@ -24,11 +24,11 @@ from ..data.build import (build_pseudo_label_loader, build_supervised_train_load
 from ..data.checks import DataCheckError, check_camera_ids, check_cross_camera, usable_splits
 from ..data.seeding import derive_seed
 from ..evaluation import ReidEvaluator
-from .checkpoint import AtomicCheckpointer, CheckpointError
-from .hooks import (ClusterHook, EpochEvalHook, EpochLRHook, EpochLRScheduler, MemoryUpdateHook, MetricsWriter,
-                    unwrap)
-from .state import (CheckpointHook, check_same_everywhere, gather_rng_states, parameters_digest,
-                    persistent_buffers, restore_storage, set_rng_state, storage_state, truncate_metrics)
+from .checkpoint import AtomicCheckpointer
+from .hooks import (CheckpointHook, ClusterHook, EpochEvalHook, EpochLRHook, EpochLRScheduler, MemoryUpdateHook,
+                    MetricsWriter, unwrap)
+from .state import (ResumeState, checkpoint_state, persistent_buffers, restore_processes, restore_storage,
+                    resume_state, truncate_metrics)
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -90,17 +90,11 @@ class Trainer(DefaultTrainer):
                                                partial=cfg.MODEL.WEIGHTS_PARTIAL, **checkpointables)
         if comm.is_main_process():
             self.checkpointer.remove_orphan_temporaries()
-        self.start_epoch = 0
-        self.start_iter = 0
+        self.resume = ResumeState()  # a fresh run until `resume_or_load` finds a checkpoint
         self.max_epoch = cfg.SOLVER.MAX_EPOCH
         self.max_iter = self.max_epoch * iters_per_epoch
         self.cfg = cfg
         self.pseudo_labels: Optional[Tuple[np.ndarray, np.ndarray]] = None
-        self.epoch_restored = False  # True while an epoch resumed from a checkpoint runs
-        self.resumed_epoch_end: Optional[int] = None  # the epoch a resume found finished
-        self._mid_epoch_state: Optional[dict] = None
-        self._storage_state: Optional[dict] = None
-        self._metrics_written: Optional[int] = None  # last metrics.json iteration of a resumed checkpoint
         self._json_writer: Optional[JSONWriter] = None
         self.register_hooks(self.build_hooks())
 
@@ -136,28 +130,20 @@ class Trainer(DefaultTrainer):
 
     # ------------------------------------------------------------------ checkpoint state
 
-    def training_state(self, iteration: int, epoch_done: bool) -> dict:
-        """The `trainer` entry of a checkpoint (see `engine.state`); every process must call it."""
+    @property
+    def start_iter(self) -> int:  # read by fast-reid's hooks
+        return self.resume.start_iter
+
+    def checkpoint_state(self, iteration: int, epoch_done: bool) -> dict:
+        """The `trainer` entry of a checkpoint (`engine.state`); every process must call it."""
         model = unwrap(self.model)
-        state = {
-            "iteration": iteration,
-            "epoch_done": epoch_done,
-            "iters_per_epoch": self.iters_per_epoch,
-            "seed": self.seed,
-            "world_size": comm.get_world_size(),
-            "rng": gather_rng_states(),
-            "storage": storage_state(self.storage, self._json_writer._last_write if self._json_writer else -1),
-        }
-        tensors = []
-        if comm.get_world_size() > 1 and not epoch_done:  # BatchNorm statistics differ between processes
-            state["buffers"] = comm.all_gather({k: v.detach().cpu().clone() for k, v in persistent_buffers(model).items()})
+        epoch_state = None
         if self.unsupervised and not epoch_done:
-            state["pseudo_labels"] = [torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in self.pseudo_labels]
-            state["memory"] = model.memory.training_state()
-            tensors = state["pseudo_labels"] + [state["memory"][k] for k in sorted(state["memory"])]
-        state["digests"] = check_same_everywhere(parameters_digest(model, *tensors),
-                                                 "parameters, pseudo labels or proxy memories")
-        return state
+            epoch_state = {"pseudo_labels": [torch.from_numpy(np.asarray(a, dtype=np.int64)) for a in self.pseudo_labels],
+                           "memory": model.memory.training_state()}
+        return checkpoint_state(model, iteration, epoch_done, iters_per_epoch=self.iters_per_epoch, seed=self.seed,
+                                storage=self.storage, epoch_state=epoch_state,
+                                last_write=self._json_writer._last_write if self._json_writer else -1)
 
     def resume_or_load(self, resume: bool = True) -> None:
         """With `resume` and a checkpoint in OUTPUT_DIR (`last_checkpoint`), continue from it exactly;
@@ -166,51 +152,20 @@ class Trainer(DefaultTrainer):
             self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
             return
         path = self.checkpointer.get_checkpoint_file()
-        extra = self.checkpointer.load(path)
-        state = extra.get("trainer")
-        epoch = int(extra.get("epoch", -1))
-        if state is None:  # written before checkpoints held the run's state
-            logger.warning(f"{path} holds no RNG or loader state: training continues at the next epoch, "
-                           f"but not exactly as the interrupted run would have")
-            self.start_epoch = epoch + 1
-            self.start_iter = self.start_epoch * self.iters_per_epoch
-            last_written = self.start_iter - 1
-        else:
-            self.seed = state["seed"]
-            if state["epoch_done"]:
-                self.start_epoch = epoch + 1
-                self.start_iter = self.start_epoch * self.iters_per_epoch
-                self.resumed_epoch_end = epoch
-            else:
-                if state["iters_per_epoch"] != self.iters_per_epoch:
-                    raise CheckpointError(
-                        f"{path} was saved inside an epoch of {state['iters_per_epoch']} iterations; "
-                        f"SOLVER.ITERS_PER_EPOCH is {self.iters_per_epoch}: resume with the same value")
-                self.start_epoch = epoch
-                self.start_iter = state["iteration"] + 1
-                self._mid_epoch_state = state
-            if state["world_size"] == comm.get_world_size():
-                set_rng_state(state["rng"][comm.get_rank()])
-                if "buffers" in state:
-                    unwrap(self.model).load_state_dict(state["buffers"][comm.get_rank()], strict=False)
-            else:
-                logger.warning(f"{path} was saved by {state['world_size']} processes, this run has "
-                               f"{comm.get_world_size()}: the RNG states of the model's random layers differ "
-                               f"from the interrupted run's")
-                set_rng_state(state["rng"][0])
-            self._storage_state = state["storage"]
-            last_written = state["storage"]["last_write"]
+        checkpoint = self.checkpointer.load(path)
+        self.resume = resume_state(checkpoint, path, self.iters_per_epoch)
+        if self.resume.seed is not None:
+            self.seed = self.resume.seed
+        restore_processes(checkpoint, unwrap(self.model), path)
         if not self.unsupervised:  # one loader for the whole run: skip what was trained on
             self.set_train_loader(build_supervised_train_loader(self.cfg, self.train_items, seed=self.seed,
                                                                 start_batch=self.start_iter))
         if comm.is_main_process() and self.cfg.OUTPUT_DIR:
-            removed = truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), last_written)
-            self._metrics_written = last_written
+            removed = truncate_metrics(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.resume.metrics_written)
             if removed:
                 logger.info(f"metrics.json: removed {removed} rows written after the checkpoint (they are redone)")
-        where = f"epoch {self.start_epoch}" + (
-            f", iteration {self.start_iter - self.start_epoch * self.iters_per_epoch} of {self.iters_per_epoch}"
-            if self._mid_epoch_state else "")
+        where = f"epoch {self.resume.start_epoch}" + (
+            f", iteration {self.resume.start_batch} of {self.iters_per_epoch}" if self.resume.start_batch else "")
         logger.info(f"Resuming from {path} at {where}")
 
     # ------------------------------------------------------------------ loop
@@ -218,15 +173,16 @@ class Trainer(DefaultTrainer):
     def train(self):
         """Run training from `start_epoch` / `start_iter` (inside an epoch after a mid-epoch resume);
         return the last evaluation's results on the main process."""
-        logger.info(f"Starting training from epoch {self.start_epoch}")
-        self.iter, self.epoch = self.start_iter, self.start_epoch
+        start_epoch = self.resume.start_epoch
+        logger.info(f"Starting training from epoch {start_epoch}")
+        self.iter, self.epoch = self.start_iter, start_epoch
         with EventStorage(self.start_iter) as self.storage:
             self.storage.epoch = self.epoch
-            if self._storage_state is not None:
-                restore_storage(self.storage, self._storage_state)
+            if self.resume.storage is not None:
+                restore_storage(self.storage, self.resume.storage)
             try:
                 self.before_train()
-                for self.epoch in range(self.start_epoch, self.max_epoch):
+                for self.epoch in range(start_epoch, self.max_epoch):
                     self.before_epoch()
                     while self.iter < (self.epoch + 1) * self.iters_per_epoch:
                         self.before_step()
@@ -244,13 +200,6 @@ class Trainer(DefaultTrainer):
 
     def before_epoch(self):
         self.storage.iter = self.iter  # epoch-level scalars go under the epoch's first iteration
-        state, self._mid_epoch_state = self._mid_epoch_state, None
-        if state is not None and self.unsupervised:
-            # The epoch's labels and memory as the checkpoint left them; the ClusterHook skips this epoch.
-            unwrap(self.model).memory.load_training_state(state["memory"])
-            labels = [t.numpy() for t in state["pseudo_labels"]]
-            self.set_pseudo_labels(*labels, start_batch=self.iter - self.epoch * self.iters_per_epoch)
-            self.epoch_restored = True
         super().before_epoch()
 
     def after_epoch(self):
@@ -261,7 +210,6 @@ class Trainer(DefaultTrainer):
             for buf in persistent_buffers(unwrap(self.model)).values():
                 torch.distributed.broadcast(buf, src=0)
         super().after_epoch()
-        self.epoch_restored = False
 
     # ------------------------------------------------------------------ hooks, writers, model, test
 
@@ -290,7 +238,7 @@ class Trainer(DefaultTrainer):
     def build_writers(self):
         """The console, metrics.json and TensorBoard writers; after a resume they continue after
         the last iteration the checkpoint's run had written (TensorBoard hides its later events)."""
-        written = self._metrics_written
+        written = self.resume.metrics_written
         self._json_writer = JSONWriter(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"))
         tensorboard = TensorboardXWriter(self.cfg.OUTPUT_DIR, **({} if written is None else {"purge_step": written + 1}))
         if written is not None:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from fastreid.evaluation import ReidEvaluator as _FastReidEvaluator
 from fastreid.utils import comm
 
+from .protocol import valid_queries
 from .rank import evaluate_rank
 
 __all__ = ["Ranking", "ReidEvaluator", "pairwise_distance"]
@@ -135,9 +136,8 @@ class ReidEvaluator(_FastReidEvaluator):
         mAP, mINP = float(np.mean(all_AP)), float(np.mean(all_INP))
         paths = list(itertools.chain(*(p.get("paths", []) for p in predictions)))
         paths = paths if len(paths) == len(pids) else []
-        valid = np.array([np.any((g_pids == p) & (g_camids != c)) for p, c in zip(q_pids, q_camids)], dtype=bool)
         average_precision = np.full(nq, np.nan)
-        average_precision[valid] = all_AP
+        average_precision[valid_queries(q_pids, q_camids, g_pids, g_camids)] = all_AP
         self.ranking = Ranking(dist, q_pids, g_pids, q_camids, g_camids, paths[:nq], paths[nq:],
                                average_precision, cmc)
 

@@ -10,6 +10,8 @@ from typing import List, Tuple
 
 import numpy as np
 
+from .protocol import kept_mask
+
 __all__ = ["evaluate_rank"]
 
 
@@ -116,7 +118,8 @@ def evaluate_rank(
 
     pair_q, pair_g = _match_pairs(q_pids, g_pids)
     pos = _positions(distmat, pair_q, pair_g, chunk)
-    removed = g_camids[pair_g] == q_camids[pair_q]
+    # Only same-identity images can be left out, so the rule is applied to the pairs alone.
+    removed = ~kept_mask(q_pids[pair_q], q_camids[pair_q], g_pids[pair_g], g_camids[pair_g])
     kept_per_query = num_g - np.bincount(pair_q[removed], minlength=num_q)
 
     # Order each query's pairs by rank, then shift every kept match forward by the number of
@@ -131,7 +134,7 @@ def evaluate_rank(
     kept_pos = pos[keep] - removed_before[keep]
 
     num_rel = np.bincount(q_of, minlength=num_q)
-    valid = num_rel > 0
+    valid = num_rel > 0  # `protocol.valid_queries`, read off the kept pairs at hand
     if not valid.any():
         raise ValueError("no query identity appears in the gallery (outside the query's own camera)")
     first_of = np.searchsorted(q_of, np.arange(num_q))

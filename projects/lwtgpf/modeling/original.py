@@ -22,6 +22,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
+from ..weights import tensors_of
 from .backbones.lewinvit import LEWINVIT_SIZES
 from .backbones.pretrained import solider_to_timm, timm_to_lewinvit
 
@@ -92,8 +93,7 @@ def original_state_dict(checkpoint: object) -> Optional[Dict[str, torch.Tensor]]
     state = checkpoint.get("model", checkpoint)
     if not isinstance(state, Mapping):
         return None
-    state = {(k[len("module."):] if k.startswith("module.") else k): v
-             for k, v in state.items() if isinstance(k, str) and torch.is_tensor(v)}
+    state = tensors_of(state, ("module.",))
     if "base.patch_embed.projection.weight" in state and any(k.startswith("b1.blocks.") for k in state):
         return state
     return None

@@ -279,11 +279,6 @@ class LewinViT(nn.Module):
             if isinstance(module, LocalEnhancedMlp):
                 module.reset_local()
 
-    @torch.jit.ignore
-    def no_weight_decay(self) -> set:
-        """Parameter names timm's Swin recipe keeps out of weight decay."""
-        return {n for n, _ in self.named_parameters() if "relative_position_bias_table" in n}
-
     def _sie_rows(self, cam_ids: Optional[torch.Tensor], view_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """Row of the SIE table per sample, or None when no embedding applies."""
         if self.num_cameras and cam_ids is not None:

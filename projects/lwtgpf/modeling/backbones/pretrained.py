@@ -15,24 +15,21 @@ Formats (MODEL.BACKBONE.LEWINVIT.PRETRAIN_FORMAT):
   permuted accordingly.
 * ``auto``: decided by the key names.
 
-The nesting (``teacher`` / ``state_dict`` / ``model``) and the prefixes ``module.`` / ``backbone.`` /
-``base.`` (SOLIDER-REID, LWTGPF) are removed first. Relative-position tables of another window size
-are cropped when the model's window fits in the file's (the same offsets keep the same bias,
-exact) and interpolated otherwise; a camera or view table of another size is adapted with a
-warning. Everything is reported through fast-reid's logger.
+`lwtgpf.weights` reads the file, un-nests it (``teacher`` / ``state_dict`` / ``model``), removes
+the prefixes ``module.`` / ``backbone.`` / ``base.`` (SOLIDER-REID, LWTGPF), matches keys and shapes
+and adapts a camera table of another size (with a warning) and relative-position tables of another
+window (cropped when the model's window fits in the file's, so that the same offsets keep the same
+bias, exact; interpolated otherwise); this module holds the layouts. Everything is reported through
+fast-reid's logger.
 """
 import logging
-import math
-import os
 import re
-import warnings
-from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from timm.layers import resize_rel_pos_bias_table
+
+from ...weights import LoadReport, load_backbone_weights, read_state_dict, rel_pos_adapter
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -43,69 +40,6 @@ _BUFFER_SUFFIXES = ("relative_position_index", "attn_mask")
 _NEW_IN_LEWINVIT = re.compile(r"(^sie_embed$|\.mlp\.local\.)")
 # tensors of whole re-id models whose backbone is the `base.` part
 _REID_HEAD = re.compile(r"^(b1|b2|bottleneck|part_bns|classifier)\.")
-
-
-@dataclass
-class LoadReport:
-    """What `load_pretrained` did: model keys loaded / missing / new, file keys unused (with the reason)."""
-
-    path: str
-    format: str
-    loaded: List[str] = field(default_factory=list)
-    missing: List[str] = field(default_factory=list)
-    new: List[str] = field(default_factory=list)
-    unused: Dict[str, str] = field(default_factory=dict)
-    adapted: List[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        lines = [f"Loaded {len(self.loaded)} tensors from {self.path} ({self.format} format)."]
-        if self.missing:
-            lines.append(f"Missing from the file, left at their initialisation ({len(self.missing)}): "
-                         + ", ".join(self.missing))
-        if self.new:
-            lines.append(f"LewinViT's own parameters, not in a Swin file, at their initialisation ({len(self.new)}): "
-                         + _compact(self.new))
-        by_reason = defaultdict(list)
-        for key, reason in self.unused.items():
-            by_reason[reason].append(key)
-        for reason, keys in by_reason.items():
-            lines.append(f"Unused file tensors, {reason} ({len(keys)}): " + _compact(keys))
-        lines.extend(self.adapted)
-        return "\n".join(lines)
-
-
-def _compact(keys: List[str], limit: int = 8) -> str:
-    return ", ".join(keys[:limit]) + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """Tensors of a .pth/.pt/.bin (torch.load, weights only) or .safetensors file, un-nested, prefixes removed."""
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAIN_PATH {path!r} is not a file; "
-                                "give a local Swin weights file (SOLIDER or timm layout)")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        obj = load_file(path, device="cpu")
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ValueError(f"cannot read pretrained weights {path}: {err}") from err
-    for nest in ("teacher", "state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(nest), Mapping):
-            obj = obj[nest]
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"pretrained weights {path} hold a {type(obj).__name__}, not a dict of tensors")
-    state = {}
-    for key, value in obj.items():
-        if not torch.is_tensor(value):
-            continue
-        for prefix in ("module.", "backbone.", "base."):
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-        state[key] = value
-    return state
 
 
 def detect_format(state: Mapping[str, torch.Tensor]) -> Optional[str]:
@@ -231,85 +165,6 @@ def timm_to_lewinvit(state: Mapping[str, torch.Tensor], num_stages: int = 4) -> 
     return out, unused
 
 
-def adapt_embedding_table(table: torch.Tensor, rows: int, name: str) -> torch.Tensor:
-    """Fit a camera/view embedding table [n, D] to `rows` rows: keep the first rows, fill new ones
-    with the mean of the old (a neutral start), with a warning."""
-    msg = (f"{name}: the checkpoint has {table.shape[0]} rows, the model {rows}; "
-           f"kept {min(rows, table.shape[0])}" + (", new rows set to the mean of the old" if rows > table.shape[0] else ""))
-    warnings.warn(msg)
-    logger.warning(msg)
-    out = table.new_empty(rows, table.shape[1])
-    keep = min(rows, table.shape[0])
-    out[:keep] = table[:keep]
-    if rows > keep:
-        out[keep:] = table.mean(0, keepdim=True)
-    return out
-
-
-def adapt_rel_pos_table(table: torch.Tensor, new_window: Tuple[int, int], new_shape: torch.Size) -> torch.Tensor:
-    """Fit a relative-position bias table [(2a-1)(2b-1), heads] of a square window to `new_window`.
-
-    Cropping the centre is exact when the new window fits in the old one: every offset it can
-    see keeps its bias. A larger window gets timm's interpolation."""
-    old = math.isqrt(table.shape[0])
-    side = (old + 1) // 2
-    if old * old != table.shape[0]:
-        raise ValueError(f"relative-position table of {table.shape[0]} rows is not of a square window")
-    if new_window[0] <= side and new_window[1] <= side:
-        grid = table.reshape(old, old, -1)
-        dh, dw = side - new_window[0], side - new_window[1]
-        return grid[dh:old - dh, dw:old - dw].reshape(new_shape).clone()
-    return resize_rel_pos_bias_table(table, new_window_size=new_window, new_bias_shape=tuple(new_shape))
-
-
-Adapter = Callable[[str, torch.Tensor, torch.Tensor], Optional[Tuple[torch.Tensor, str]]]
-
-
-def load_matching(model: nn.Module, converted: Mapping[str, torch.Tensor], report: LoadReport, model_name: str,
-                  fit_hint: str, adapt: Optional[Adapter] = None,
-                  unused_reason: Callable[[str], str] = lambda key: "") -> Dict[str, torch.Tensor]:
-    """Load the tensors of `converted` (already in the model's names) that fit `model`, fill `report`
-    and return what was loaded.
-
-    A tensor of another shape is adapted: a camera table (`sie_embed` [rows, D]) by rows, anything
-    else by `adapt(key, value, target)`, which returns (new value, what was done) or None. Keys the
-    model lacks go to `report.unused` with `unused_reason(key)` (or a generic reason). Raises a
-    ValueError naming the file, with `fit_hint`, when a tensor cannot be adapted or nothing fits.
-    """
-    own = model.state_dict()
-    accepted, mismatched = {}, []
-    for key, value in converted.items():
-        if key not in own:
-            report.unused[key] = unused_reason(key) or f"no matching tensor in {model_name}"
-            continue
-        target = own[key]
-        if value.shape != target.shape:
-            try:
-                if key == "sie_embed" and value.dim() == 2 and value.shape[1] == target.shape[1]:
-                    fitted = (adapt_embedding_table(value, target.shape[0], f"{key} in {report.path}"),
-                              f"{value.shape[0]} -> {target.shape[0]} rows")
-                else:
-                    fitted = adapt(key, value, target) if adapt is not None else None
-            except ValueError as err:
-                mismatched.append(f"{key}: {err}")
-                continue
-            if fitted is None:
-                mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(target.shape)}")
-                continue
-            value, what = fitted
-            report.adapted.append(f"{key}: {what}")
-        accepted[key] = value
-    if mismatched:
-        raise ValueError(f"pretrained weights {report.path} do not fit this {model_name} ({report.format} format; "
-                         f"{fit_hint}): " + "; ".join(mismatched[:5]))
-    if not accepted:
-        raise ValueError(f"pretrained weights {report.path} fit nothing in {model_name} ({report.format} format; "
-                         f"{fit_hint}); first keys: {list(converted)[:5]}")
-    model.load_state_dict(accepted, strict=False)
-    report.loaded = list(accepted)
-    return accepted
-
-
 def load_pretrained(model: nn.Module, path: str, fmt: str = "auto") -> LoadReport:
     """Load a SOLIDER or timm Swin file into a LewinViT, log the report and return it.
 
@@ -319,7 +174,7 @@ def load_pretrained(model: nn.Module, path: str, fmt: str = "auto") -> LoadRepor
     fmt = fmt.lower()
     if fmt not in ("auto", "solider", "timm"):
         raise ValueError(f"MODEL.BACKBONE.LEWINVIT.PRETRAIN_FORMAT is {fmt!r}; expected auto, solider or timm")
-    state = read_state_dict(path)
+    state = read_state_dict(path, "a local Swin weights file (SOLIDER or timm layout)")
     found = detect_format(state)
     if fmt == "auto":
         if found is None:
@@ -332,21 +187,15 @@ def load_pretrained(model: nn.Module, path: str, fmt: str = "auto") -> LoadRepor
         report.unused.update(unused)
     converted, unused = timm_to_lewinvit(state)
     report.unused.update(unused)
-
-    def adapt(key: str, value: torch.Tensor, target: torch.Tensor) -> Optional[Tuple[torch.Tensor, str]]:
-        if key.endswith("relative_position_bias_table") and value.shape[1] == target.shape[1]:
-            window = model.get_submodule(key.rsplit(".", 1)[0]).window_size
-            return adapt_rel_pos_table(value, window, target.shape), f"window resized to {window}"
-        return None
-
-    accepted = load_matching(
-        model, converted, report, "LewinViT", adapt=adapt,
+    load_backbone_weights(
+        model, converted, report, "LewinViT", adapt=rel_pos_adapter(model),
         unused_reason=lambda key: ("final LayerNorm: the last stage ends without one "
                                    "(MODEL.BACKBONE.LEWINVIT.FINAL_NORM False)" if key.startswith("last_stage.norm.")
                                    else ""),
         fit_hint="check MODEL.BACKBONE.LEWINVIT.SIZE / EMBED_DIM / DEPTHS")
-    for key in model.state_dict():
-        if key not in accepted:
-            (report.new if _NEW_IN_LEWINVIT.search(key) else report.missing).append(key)
+    # a Swin file lacks what LewinViT adds: reported apart from what the file should have had
+    gaps = report.missing
+    report.new = [key for key in gaps if _NEW_IN_LEWINVIT.search(key)]
+    report.missing = [key for key in gaps if not _NEW_IN_LEWINVIT.search(key)]
     logger.info(report.summary())
     return report

@@ -26,7 +26,6 @@ size is adapted.
 """
 import logging
 import math
-import os
 import re
 from functools import partial
 from typing import Dict, Mapping, Optional, Sequence, Tuple
@@ -40,7 +39,7 @@ from timm.layers import PatchEmbed, calculate_drop_path_rates, resample_abs_pos_
 from timm.models._manipulate import named_apply
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 
-from .pretrained import LoadReport, load_matching, read_state_dict
+from ...weights import LoadReport, load_backbone_weights, read_state_dict
 from .side_info import checked_ids
 
 logger = logging.getLogger("fastreid." + __name__)
@@ -248,10 +247,7 @@ def load_vit_pretrained(model: TransReIDViT, path: str, hw_ratio: int = 2) -> Lo
     Raises a ValueError naming the file when it fits nothing or a tensor has a shape that cannot
     be adapted.
     """
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.BACKBONE.PRETRAIN_PATH {path!r} is not a file; give a local ViT weights "
-                                "file (e.g. TransReID-SSL's vit_small_ics_cfs_lup.pth)")
-    state = read_state_dict(path)
+    state = read_state_dict(path, "a local ViT weights file (e.g. TransReID-SSL's vit_small_ics_cfs_lup.pth)")
     converted, unused = transreid_to_vit(state, len(model.blocks) + 1)
     report = LoadReport(path=path, format=FORMAT, unused=unused)
 
@@ -262,11 +258,10 @@ def load_vit_pretrained(model: TransReIDViT, path: str, hw_ratio: int = 2) -> Lo
                     f"grid {old_grid[0]}x{old_grid[1]} resized to {model.grid_size[0]}x{model.grid_size[1]} (bilinear)")
         return None
 
-    accepted = load_matching(
-        model, converted, report, "the ViT", adapt=adapt, fit_hint=_mismatch_hint(converted, model),
+    load_backbone_weights(
+        model, converted, report, "ViT", adapt=adapt, fit_hint=_mismatch_hint(converted, model),
         unused_reason=lambda key: "camera table; the model has none (MODEL.BACKBONE.NUM_CAMERAS 0)"
         if key == "sie_embed" else "")
-    report.missing = [key for key in model.state_dict() if key not in accepted]
     logger.info(report.summary())
     return report
 

@@ -3,7 +3,6 @@ import itertools
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from fastreid.config import CfgNode, configurable
@@ -11,6 +10,7 @@ from fastreid.modeling.backbones import build_backbone
 from fastreid.modeling.meta_arch import META_ARCH_REGISTRY
 from fastreid.utils import comm
 
+from ...distributed import all_gather_rows
 from ...memory import ProxyMemory
 from ..backbones.split import split_backbone
 from ..heads.global_part import GlobalPartHead
@@ -21,29 +21,11 @@ Batch = Union[Dict[str, torch.Tensor], torch.Tensor]
 
 
 def _all_gather_batch(features: torch.Tensor, targets: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Concatenate every rank's [L, b, D] features and [b] targets along the batch, in rank order.
-
-    Every rank makes the same three collectives; batches of different sizes are padded to the
-    largest one for the exchange and trimmed afterwards.
-    """
-    world_size = comm.get_world_size()
-    if world_size == 1:
+    """Every rank's [L, b, D] features and [b] targets, concatenated along the batch in rank order
+    (batches may differ in size between ranks)."""
+    if comm.get_world_size() == 1:
         return features, targets
-    device = features.device
-    size = torch.tensor([targets.numel()], device=device)
-    sizes = [torch.zeros_like(size) for _ in range(world_size)]
-    dist.all_gather(sizes, size)
-    sizes = [int(s) for s in sizes]
-    largest = max(sizes)
-    pad = largest - targets.numel()
-    features = torch.cat([features, features.new_zeros(features.shape[0], pad, features.shape[2])], dim=1)
-    targets = torch.cat([targets, targets.new_zeros(pad)])
-    all_features = [torch.empty_like(features) for _ in range(world_size)]
-    all_targets = [torch.empty_like(targets) for _ in range(world_size)]
-    dist.all_gather(all_features, features.contiguous())
-    dist.all_gather(all_targets, targets)
-    return (torch.cat([f[:, :n] for f, n in zip(all_features, sizes)], dim=1),
-            torch.cat([t[:n] for t, n in zip(all_targets, sizes)]))
+    return all_gather_rows(features, dim=1), all_gather_rows(targets)
 
 
 def _remove_last_stage(backbone: nn.Module) -> None:
@@ -71,9 +53,10 @@ class GPO2CAP(nn.Module):
     """Global-part features trained against a camera-aware proxy memory.
 
     - training ``forward(batch)``: ``batch["targets"]`` are proxy ids; returns the loss dict
-      ``global_off``, ``global_on``, ``part_off``, ``part_on`` (part terms already weighted by
-      the memory's ``part_weight``, so the dict's sum is the METHOD.md total) and remembers the
-      detached features and targets for ``update_memory``;
+      ``global_off``, ``global_on``, ``part_off``, ``part_on``, the part terms weighted by the
+      memory's ``part_weight`` (its ``part_off_unweighted`` / ``part_on_unweighted`` times lambda),
+      so the dict's sum is the METHOD.md total and each logged scalar is the share it adds, and
+      remembers the detached features and targets for ``update_memory``;
     - ``update_memory()``: the momentum update of the memory with the last training batch (the
       whole global batch under data parallelism), to be called after the optimiser step;
     - eval ``forward(batch)``: the retrieval feature [B, D'];
@@ -173,8 +156,8 @@ class GPO2CAP(nn.Module):
         return {
             "global_off": losses["global_off"],
             "global_on": losses["global_on"],
-            "part_off": weight * losses["part_off"],
-            "part_on": weight * losses["part_on"],
+            "part_off": weight * losses["part_off_unweighted"],
+            "part_on": weight * losses["part_on_unweighted"],
         }
 
     @torch.no_grad()

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 
 import lwtgpf  # noqa: F401
-from lwtgpf.engine.cli import ConfigError, load_config, parse_args
+from lwtgpf.cli import ConfigError, load_config, parse_args
 
-CONFIG = str(Path(__file__).resolve().parents[2] / "configs/LWTGPF/synthetic.yml")
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs/LWTGPF/synthetic.yml")
 
 
 def test_options_may_follow_the_overrides():

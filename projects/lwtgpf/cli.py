@@ -7,7 +7,7 @@ from typing import List, Optional, Sequence
 from fastreid.config import CfgNode, get_cfg
 from fastreid.engine import default_argument_parser
 
-from ..config import add_lwtgpf_config
+from .config import add_lwtgpf_config
 
 __all__ = ["ConfigError", "parse_args", "load_config", "merge_overrides"]
 
