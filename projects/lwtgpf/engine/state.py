@@ -211,7 +211,8 @@ def checkpoint_state(model: torch.nn.Module, iteration: int, epoch_done: bool, *
                      storage: EventStorage, last_write: int, epoch_state: Optional[dict] = None) -> dict:
     """The `trainer` entry of a checkpoint (see the module docstring): a collective call, every
     process makes it. `epoch_state` holds the epoch's `pseudo_labels` and `memory` of an
-    unsupervised run, saved inside an epoch only."""
+    unsupervised run; the caller passes it inside an epoch only (at an epoch's end the next epoch
+    clusters again)."""
     state = {
         "iteration": iteration,
         "epoch_done": epoch_done,
@@ -224,7 +225,7 @@ def checkpoint_state(model: torch.nn.Module, iteration: int, epoch_done: bool, *
     tensors = []
     if comm.get_world_size() > 1 and not epoch_done:  # BatchNorm statistics differ between processes
         state["buffers"] = comm.all_gather({k: v.detach().cpu().clone() for k, v in persistent_buffers(model).items()})
-    if epoch_state is not None and not epoch_done:
+    if epoch_state is not None:
         state.update(epoch_state)
         tensors = state["pseudo_labels"] + [state["memory"][k] for k in sorted(state["memory"])]
     state["digests"] = check_same_everywhere(parameters_digest(model, *tensors),
