@@ -18,7 +18,7 @@ import sys
 import torch
 
 import lwtgpf  # noqa: F401  (fastreid compatibility first)
-from lwtgpf.engine.checkpoint import atomic_write
+from lwtgpf.atomic import atomic_write
 from lwtgpf.modeling.original import convert_original, original_state_dict
 from lwtgpf.weights import WeightsError, read_weights
 

@@ -123,8 +123,26 @@ def test_camera_embedding():
     assert model.sie_embed.shape == (3, 16) and 0.005 < model.sie_embed.std() < 0.05
     with pytest.raises(ValueError, match=r"camera id 3 .*NUM_CAMERAS is 3"):
         model(x, torch.tensor([0, 1, 3]))
-    with pytest.raises(ValueError, match="camera id -1"):
-        model(x, torch.tensor([-1, 1, 2]))
+    with pytest.raises(ValueError, match="camera id -2"):
+        model(x, torch.tensor([-2, 1, 2]))
+
+
+def test_unknown_camera_gets_the_mean_embedding():
+    """Camera -1: the mean of the table's rows (per view with a camera-view table), in a mixed batch."""
+    torch.manual_seed(0)
+    model = LewinViT((64, 32), num_cameras=3, sie_coef=3.0, **SMALL).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        expected = model.last_downsample(model.layers(model.patch_embed(x[:1]) + 3.0 * model.sie_embed.mean(0)))
+        mixed = model.forward_trunk(x, torch.tensor([-1, 2]))
+        torch.testing.assert_close(mixed[:1], expected)
+        torch.testing.assert_close(mixed[1:], model.forward_trunk(x[1:], torch.tensor([2])))
+    pairs = LewinViT((64, 32), num_cameras=3, num_views=2, sie_coef=2.0, **SMALL).eval()
+    with torch.no_grad():
+        mean_of_view_1 = pairs.sie_embed.view(3, 2, -1)[:, 1].mean(0)
+        embedded = pairs.patch_embed(x[:1]) + 2.0 * mean_of_view_1
+        torch.testing.assert_close(pairs.forward_trunk(x[:1], torch.tensor([-1]), torch.tensor([1])),
+                                   pairs.last_downsample(pairs.layers(embedded)))
 
 
 def test_camera_view_embedding_is_one_row_per_pair():

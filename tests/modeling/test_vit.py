@@ -164,6 +164,10 @@ def test_released_checkpoint_loads_every_tensor_and_matches_reference(stem, tmp_
         torch.testing.assert_close(model(x, cams), fmap)
         # no camera ids: no SIE
         torch.testing.assert_close(model(x), to_map(reference_tokens(sd, x, None, stem), (4, 2)), atol=2e-5, rtol=1e-5)
+        # an unknown camera (-1): the mean camera embedding
+        mean_sd = dict(sd, sie_embed=sd["sie_embed"].mean(0, keepdim=True).expand_as(sd["sie_embed"]))
+        unknown = to_map(reference_tokens(mean_sd, x, cams, stem), (4, 2))
+        torch.testing.assert_close(model(x, torch.tensor([-1, -1])), unknown, atol=2e-5, rtol=1e-5)
 
 
 def test_dino_teacher_and_tmgf_model_files(tmp_path):

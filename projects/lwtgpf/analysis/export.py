@@ -54,16 +54,28 @@ def export_onnx(model: nn.Module, path: str, image_size: Tuple[int, int], batch_
     return wrapped
 
 
-def onnx_session(path: str, threads: int = 0):
-    """An ONNX Runtime CPU session (`threads` 0: its default) whose idle threads sleep: by default
-    they spin after each run and take the cores from whatever runs next (PyTorch, in a benchmark)."""
+def onnx_session(path: str, threads: int = 0, device: str = "cpu"):
+    """An ONNX Runtime session on `device` ("cpu", "cuda" or "cuda:N"; CUDA needs the
+    onnxruntime-gpu package) with `threads` CPU threads (0: its default) that sleep when idle: by
+    default they spin after each run and take the cores from whatever runs next (PyTorch, in a
+    benchmark)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    kind, _, index = device.partition(":")
+    if kind == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif kind == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise RuntimeError(f"ONNX Runtime cannot run on {device}: this onnxruntime offers "
+                               f"{ort.get_available_providers()} (install onnxruntime-gpu, or use device 'cpu')")
+        providers = [("CUDAExecutionProvider", {"device_id": int(index or 0)}), "CPUExecutionProvider"]
+    else:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return ort.InferenceSession(path, options, providers=providers)
 
 
 def run_session(session, images: torch.Tensor, camids: torch.Tensor) -> np.ndarray:

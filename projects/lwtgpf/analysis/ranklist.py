@@ -1,7 +1,7 @@
 """Rank lists and retrieval curves from the evaluator's `Ranking` (its distances, re-ranked when
 TEST.RERANK is on, and its protocol: gallery images of the query's identity seen by the query's
 camera are left out, the other images of its identity are the true matches)."""
-from typing import List, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -11,11 +11,12 @@ from ..evaluation.evaluator import Ranking
 from ..evaluation.protocol import kept_mask
 from .heatmap import side_by_side
 
-__all__ = ["QUERY_ORDERS", "cmc_figure", "ranked_gallery", "ranklist_image", "roc_curve", "roc_figure",
-           "select_queries"]
+__all__ = ["GREEN", "GREY", "QUERY_ORDERS", "RED", "cmc_figure", "ranked_gallery", "ranklist_image",
+           "ranklist_picture", "roc_curve", "roc_figure", "select_queries"]
 
 QUERY_ORDERS = ("first", "best", "worst")
-_GREEN, _RED, _GREY = (0, 170, 0), (220, 0, 0), (160, 160, 160)
+GREEN, RED, GREY = (0, 170, 0), (220, 0, 0), (160, 160, 160)  # frames: true match, false match, query / unknown
+_GAP = 4
 
 
 def ranked_gallery(ranking: Ranking, query: int, topk: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -43,6 +44,27 @@ def _framed(path: str, size: Tuple[int, int], colour: Tuple[int, int, int], widt
     return cv2.copyMakeBorder(image, width, width, width, width, cv2.BORDER_CONSTANT, value=colour)
 
 
+def ranklist_picture(query_path: str, gallery_paths: Sequence[str], colours: Sequence[Tuple[int, int, int]],
+                     title: str, size: Tuple[int, int] = (128, 64),
+                     captions: Optional[Sequence[str]] = None) -> np.ndarray:
+    """RGB picture: the query image (grey frame), then the gallery images framed in `colours` (RGB),
+    each resized to `size` (height, width), under `title`; `captions` (one per gallery image, e.g.
+    its similarity) are written under the tiles."""
+    if len(colours) != len(gallery_paths):
+        raise ValueError(f"{len(gallery_paths)} gallery images but {len(colours)} frame colours")
+    if captions is not None and len(captions) != len(gallery_paths):
+        raise ValueError(f"{len(gallery_paths)} gallery images but {len(captions)} captions")
+    tiles = [_framed(query_path, size, GREY)] + [_framed(p, size, c) for p, c in zip(gallery_paths, colours)]
+    picture = side_by_side(tiles, gap=_GAP, title=title)
+    if captions is None:
+        return picture
+    strip = np.full((14, picture.shape[1], 3), 255, np.uint8)
+    step = tiles[0].shape[1] + _GAP  # side_by_side puts tile i at x = gap + i * (tile width + gap)
+    for i, caption in enumerate(captions, start=1):
+        cv2.putText(strip, caption, (_GAP + i * step, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([picture, strip])
+
+
 def ranklist_image(ranking: Ranking, query: int, topk: int = 10, size: Tuple[int, int] = (128, 64)) -> np.ndarray:
     """RGB picture: the query (grey frame), then its top-`topk` gallery images, green frames for true
     matches and red for false ones; the title gives the query's AP."""
@@ -52,9 +74,8 @@ def ranklist_image(ranking: Ranking, query: int, topk: int = 10, size: Tuple[int
     ap = ranking.average_precision[query]
     title = f"{ranking.q_paths[query].rsplit('/', 1)[-1]}  AP {ap * 100:.1f}%" if not np.isnan(ap) else \
         f"{ranking.q_paths[query].rsplit('/', 1)[-1]}  no true match in another camera"
-    tiles = [_framed(ranking.q_paths[query], size, _GREY)]
-    tiles += [_framed(ranking.g_paths[g], size, _GREEN if m else _RED) for g, m in zip(gallery, matches)]
-    return side_by_side(tiles, gap=4, title=title)
+    return ranklist_picture(ranking.q_paths[query], [ranking.g_paths[g] for g in gallery],
+                            [GREEN if m else RED for m in matches], title, size)
 
 
 def roc_curve(ranking: Ranking) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,13 +1,12 @@
 """fast-reid's Checkpointer with atomic writes and strict, explained loading (through `lwtgpf.weights`)."""
-import glob
 import logging
 import os
-import tempfile
 from typing import List, Optional
 
 import torch
 from fastreid.utils.checkpoint import Checkpointer
 
+from ..atomic import atomic_write, temporaries
 from ..modeling.model_file import load_model_file
 from ..weights import WeightsError
 
@@ -15,7 +14,6 @@ __all__ = ["AtomicCheckpointer", "CheckpointError", "remove_orphan_temporaries"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
-_TMP_PREFIX = ".tmp-"
 
 
 class CheckpointError(ValueError):
@@ -87,26 +85,10 @@ def remove_orphan_temporaries(folder: str) -> List[str]:
     """Delete `.tmp-*` files of `atomic_write` in `folder` (left by a process killed while saving)."""
     if not folder or not os.path.isdir(folder):
         return []
-    orphans = sorted(glob.glob(os.path.join(glob.escape(folder), _TMP_PREFIX + "*")))
+    orphans = temporaries(folder)
     for path in orphans:
         os.unlink(path)
     if orphans:
         logger.warning(f"Removed {len(orphans)} temporary file(s) left by a save that was interrupted: "
                        + ", ".join(os.path.basename(p) for p in orphans))
     return orphans
-
-
-def atomic_write(path: str, write) -> None:
-    """Call `write(file)` on a temporary file next to `path`, then rename it to `path`."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=_TMP_PREFIX, suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-

@@ -46,7 +46,7 @@ from fastreid.config import CfgNode
 from fastreid.modeling.backbones import BACKBONE_REGISTRY
 
 from .pretrained import load_pretrained
-from .side_info import checked_ids
+from .side_info import checked_ids, sie_vectors
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -279,19 +279,16 @@ class LewinViT(nn.Module):
             if isinstance(module, LocalEnhancedMlp):
                 module.reset_local()
 
-    def _sie_rows(self, cam_ids: Optional[torch.Tensor], view_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """Row of the SIE table per sample, or None when no embedding applies."""
+    def _sie(self, cam_ids: Optional[torch.Tensor], view_ids: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The SIE vector [B, embed_dim] of each sample (an unknown camera, -1, gets the mean
+        camera's), or None when no embedding applies."""
         if self.num_cameras and cam_ids is not None:
-            cams = checked_ids(cam_ids, self.num_cameras, "camera", "MODEL.BACKBONE.NUM_CAMERAS")
-            if not self.num_views:
-                return cams
-            if view_ids is None:
+            if self.num_views and view_ids is None:
                 raise ValueError("this LewinViT has one SIE row per (camera, view) pair "
                                  "(MODEL.BACKBONE.NUM_VIEWS > 0): pass view ids with the camera ids")
-            return cams * self.num_views + checked_ids(view_ids, self.num_views, "view",
-                                                             "MODEL.BACKBONE.NUM_VIEWS")
+            return sie_vectors(self.sie_embed, cam_ids, self.num_cameras, view_ids, self.num_views)
         if self.num_views and not self.num_cameras and view_ids is not None:
-            return checked_ids(view_ids, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS")
+            return self.sie_embed[checked_ids(view_ids, self.num_views, "view", "MODEL.BACKBONE.NUM_VIEWS")]
         return None
 
     def forward_trunk(
@@ -299,16 +296,17 @@ class LewinViT(nn.Module):
     ) -> torch.Tensor:
         """Images [B, 3, H, W] -> NHWC [B, H/32, W/32, num_features] (stage 4's patch merging included).
 
-        The camera (view) embedding is added when the model has a table and ids are given.
+        The camera (view) embedding is added when the model has a table and ids are given; camera
+        id -1 (`side_info.UNKNOWN_CAMERA`) gets the mean camera embedding.
         """
         if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(f"LewinViT was built for {self.img_size[0]}x{self.img_size[1]} input "
                              f"(INPUT.SIZE_TRAIN) but got {x.shape[-2]}x{x.shape[-1]}; "
                              "set INPUT.SIZE_TEST equal to INPUT.SIZE_TRAIN")
         x = self.patch_embed(x)
-        rows = self._sie_rows(cam_ids, view_ids)
-        if rows is not None:
-            x = x + self.sie_coef * self.sie_embed[rows][:, None, None, :].to(x.dtype)
+        sie = self._sie(cam_ids, view_ids)
+        if sie is not None:
+            x = x + self.sie_coef * sie[:, None, None, :].to(x.dtype)
         x = self.layers(x)
         return self.last_downsample(x)
 

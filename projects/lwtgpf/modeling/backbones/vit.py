@@ -40,7 +40,7 @@ from timm.models._manipulate import named_apply
 from timm.models.vision_transformer import Block, init_weights_vit_timm
 
 from ...weights import LoadReport, load_backbone_weights, read_state_dict
-from .side_info import checked_ids
+from .side_info import sie_vectors
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -172,7 +172,8 @@ class TransReIDViT(nn.Module):
     def forward_trunk(self, x: torch.Tensor, cam_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Images [B, 3, H, W] -> tokens [B, 1 + h*w, C] after all blocks but the last.
 
-        The camera embedding is added when the model has a table and ids are given.
+        The camera embedding is added when the model has a table and ids are given; camera id -1
+        (`side_info.UNKNOWN_CAMERA`) gets the mean camera embedding.
         """
         if tuple(x.shape[-2:]) != self.img_size:
             raise ValueError(f"the ViT was built for {self.img_size[0]}x{self.img_size[1]} input "
@@ -181,8 +182,7 @@ class TransReIDViT(nn.Module):
         x = self.patch_embed(x)
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
         if self.sie_embed is not None and cam_ids is not None:
-            rows = checked_ids(cam_ids, self.num_cameras, "camera", "MODEL.BACKBONE.NUM_CAMERAS")
-            x = x + self.sie_coef * self.sie_embed[rows][:, None, :]
+            x = x + self.sie_coef * sie_vectors(self.sie_embed, cam_ids, self.num_cameras)[:, None, :]
         return self.blocks(self.pos_drop(x))
 
     def forward(self, x: torch.Tensor, cam_ids: Optional[torch.Tensor] = None) -> torch.Tensor:

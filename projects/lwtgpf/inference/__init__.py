@@ -1,0 +1,1 @@
+"""Using a trained model: features of new images, feature files, gallery search."""
