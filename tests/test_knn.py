@@ -5,6 +5,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 import lwtgpf  # noqa: F401
+import lwtgpf.knn
 from lwtgpf import clustering
 from lwtgpf.distributed import split_rows
 from lwtgpf.knn import KnnSearch, add_reverse, kmeans, recall
@@ -43,9 +44,10 @@ def test_kmeans_is_a_fixed_point_of_assign_and_average():
 def test_approx_search_is_exact_search_over_the_probed_cells():
     x = unit(700, 24, 2)
     search = KnnSearch("approx", nlist=12, nprobe=3, precision="float32")
-    centroids = search.train(x)
+    plan = search.plan(x, 15)
+    centroids = plan.centroids
     rows = torch.arange(0, 700, 7)
-    found = search.candidates(x, rows, 15, centroids)
+    found = search.candidates(x, rows, 15, plan)
     # plain reference: every query compared with every row whose nearest centroid is among the
     # query's 3 nearest centroids
     cell_of = (x @ centroids.T).argmax(1)
@@ -59,10 +61,103 @@ def test_approx_search_is_exact_search_over_the_probed_cells():
 
 
 def test_cell_counts_follow_n():
-    assert KnnSearch("approx").cells(100_000) == (316, 32)
-    assert KnnSearch("approx").cells(1_000_000) == (1000, 32)
-    assert KnnSearch("approx").cells(300) == (4, 4)  # at least 64 rows per cell, nprobe <= nlist
-    assert KnnSearch("approx", nlist=50, nprobe=60).cells(10_000) == (50, 50)
+    assert KnnSearch("approx").cells(100_000) == 316
+    assert KnnSearch("approx").cells(1_000_000) == 1000
+    assert KnnSearch("approx").cells(300) == 4  # at least 64 rows per cell
+    assert KnnSearch("approx", nlist=50).cells(10_000) == 50
+    x = unit(400, 8, 0)
+    assert KnnSearch("approx", nlist=5, nprobe=60, max_cell=0).plan(x, 10).nprobe == 5  # at most every cell
+
+
+def skewed(n=3000, dim=32, seed=7):
+    """Unit rows of which 60% gather around one centre (one identity seen thousands of times), the
+    rest spread: unbalanced clusters; and 12 centroids, one of them that centre."""
+    g = torch.Generator().manual_seed(seed)
+    big = int(0.6 * n)
+    centre = torch.randn(dim, generator=g)
+    x = torch.randn(n, dim, generator=g)
+    x[:big] = centre * 3 + torch.randn(big, dim, generator=g)
+    centroids = torch.cat([centre[None], x[big:big + 11]])
+    return torch.nn.functional.normalize(x, dim=1), torch.nn.functional.normalize(centroids, dim=1)
+
+
+def test_large_cells_are_split_to_bounded_sizes():
+    x, centroids = skewed()
+    sizes = torch.bincount((x @ centroids.T).argmax(1), minlength=12)
+    mean = len(x) / 12
+    assert sizes.max() > 4 * mean  # the skew makes a giant cell
+    split = lwtgpf.knn.split_large_cells(x, centroids, 2.0)
+    split_sizes = torch.bincount((x @ split.T).argmax(1), minlength=len(split))
+    assert len(split) > 12 and split_sizes.max() <= 2 * len(x) / len(split) * 2
+    assert torch.equal(lwtgpf.knn.split_large_cells(x, centroids, 0), centroids)  # 0: never
+    assert torch.equal(lwtgpf.knn.split_large_cells(x, centroids, 100.0), centroids)  # none that large
+    # the probes of split cells scan a bounded share of the rows
+    plan = KnnSearch("approx", nlist=12, nprobe=2, max_cell=2.0, recall_sample=300).plan(x, 10)
+    assert torch.bincount((x @ plan.centroids.T).argmax(1)).max() <= 2 * len(x) / len(plan.centroids) * 2
+    assert plan.scanned <= 2 * 2 * 2 / len(plan.centroids)
+
+
+def plain_reciprocal_recall(x, centroids, rows, nprobe, k1):
+    """The share of the k-reciprocal pairs (i, j) of `rows` (each in the other's exact top k1) that
+    the inverted file finds from either side (j in i's top k1, or i in j's), each list being the
+    float64 re-ranking of the best k1 + 10 members of the probed cells; and the mean share of rows
+    the queries `rows` scan. Written from the definitions, one row at a time."""
+    x64 = x.double()
+    cell_of = (x @ centroids.T).argmax(1)
+    exact, approx = {}, {}
+
+    def exact_top(q):
+        if q not in exact:
+            exact[q] = set((x64 @ x64[q]).topk(k1).indices.tolist())
+        return exact[q]
+
+    def pool(q):
+        return torch.nonzero(torch.isin(cell_of, (x[q] @ centroids.T).topk(nprobe).indices)).flatten()
+
+    def approx_top(q):
+        if q not in approx:
+            members = pool(q)
+            candidates = members[(x[members] @ x[q]).topk(min(k1 + 10, len(members))).indices]
+            approx[q] = set(candidates[(x64[candidates] @ x64[q]).topk(min(k1, len(candidates))).indices].tolist())
+        return approx[q]
+
+    found = total = 0
+    for i in rows.tolist():
+        for j in exact_top(i):
+            if i in exact_top(j):
+                total += 1
+                found += j in approx_top(i) or i in approx_top(j)
+    return found / total, float(np.mean([len(pool(q)) / len(x) for q in rows.tolist()]))
+
+
+def test_probes_are_the_fewest_that_reach_the_target_recall():
+    x = torch.from_numpy(identities(n=1000, seed=8)[0])
+    for target in (0.8, 0.97):
+        search = KnnSearch("approx", nlist=16, nprobe=0, precision="float32", target_recall=target,
+                           recall_sample=120, max_scan=1.0)
+        plan = search.plan(x, 20)
+        rows = torch.from_numpy(lwtgpf.knn.sample_rows(len(x), 120, 0))
+        reached, scanned = plain_reciprocal_recall(x, plan.centroids, rows, plan.nprobe, 20)
+        assert reached >= target and plan.sample_recall == pytest.approx(reached, abs=1e-9)
+        assert plan.scanned == pytest.approx(scanned, rel=1e-6)
+        if plan.nprobe > 1:  # half as many probes fall short
+            assert plain_reciprocal_recall(x, plan.centroids, rows, plan.nprobe // 2, 20)[0] < target
+        assert not plan.fallback and plan.stats()["knn_nprobe"] == plan.nprobe
+    low = KnnSearch("approx", nlist=16, nprobe=0, target_recall=0.8, recall_sample=120, precision="float32")
+    assert low.plan(x, 20).nprobe < plan.nprobe  # a lower target, fewer probes
+
+
+def test_falls_back_to_exact_search_when_that_is_cheaper(caplog):
+    x, cams = identities(n=800, seed=9)
+    search = KnnSearch("approx", nlist=8, nprobe=0, target_recall=0.999, max_scan=0.05, recall_sample=200)
+    with caplog.at_level("WARNING", logger="fastreid.lwtgpf.knn"):
+        plan = search.plan(torch.from_numpy(x), 20)
+    assert plan.fallback and "exact search is the cheaper here" in caplog.text and "MAX_SCAN" in caplog.text
+    assert np.array_equal(clustering.knn(x, 20, search), clustering.knn(x, 20, "torch"))
+    stats = {}
+    labels = clustering.pseudo_labels(x, cams, knn_backend=search, stats=stats)
+    assert np.array_equal(labels[0], clustering.pseudo_labels(x, cams, knn_backend="torch")[0])
+    assert stats["knn_fallback"] == 1 and "knn_recall" not in stats
 
 
 def test_bfloat16_scan_finds_what_float32_finds():
@@ -115,7 +210,7 @@ def test_approx_recall_and_labels_against_exact():
     # the logged recall is the recall of the sampled rows
     assert stats["knn_recall"] == pytest.approx(value, abs=0.02)
     # every probe scanned: approx becomes exact
-    full = KnnSearch("approx", nlist=18, nprobe=18)
+    full = KnnSearch("approx", nlist=18, nprobe=1_000_000)
     assert np.array_equal(clustering.knn(x, 20, backend=full), exact)
 
 
@@ -190,3 +285,8 @@ def test_bad_settings_name_the_key():
         KnnSearch("hnsw")
     with pytest.raises(ValueError, match="CLUSTER.APPROX.NPROBE"):
         KnnSearch("approx", nprobe=-1)
+    with pytest.raises(ValueError, match=r"CLUSTER.APPROX.TARGET_RECALL\) must lie in \(0, 1\]"):
+        KnnSearch("approx", target_recall=1.5)
+    with pytest.raises(ValueError, match="RECALL_SAMPLE"):
+        KnnSearch("approx", nprobe=0, recall_sample=0)
+    KnnSearch("approx", recall_sample=0, nprobe=4)  # fixed probes need no sample

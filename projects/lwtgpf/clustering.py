@@ -19,7 +19,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.neighbors import sort_graph_by_row_values
 
 from .distributed import all_gather_rows, collective_device, split_rows
-from .knn import KnnSearch, recall, sample_rows
+from .knn import IvfPlan, KnnSearch, recall, sample_rows
 
 __all__ = [
     "NoClustersError",
@@ -124,14 +124,14 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _knn(x: torch.Tensor, k: int, search: KnnSearch, rows: Optional[torch.Tensor] = None,
-         centroids: Optional[torch.Tensor] = None) -> Tuple[np.ndarray, np.ndarray]:
+         plan: Optional[IvfPlan] = None) -> Tuple[np.ndarray, np.ndarray]:
     """Neighbour indices [R, k] (see `knn`) of the query `rows` (default: all) of the unit rows `x`,
-    and their float64 cosines [R, k] (inf for the row itself)."""
+    and their float64 cosines [R, k] (inf for the row itself); the approx backend needs its `plan`."""
     n = x.shape[0]
     rows = torch.arange(n, device=x.device) if rows is None else rows.to(x.device)
     k = min(k, n)
     c = min(k + _KNN_MARGIN, n)
-    cand = search.candidates(x, rows, c, centroids)
+    cand = search.candidates(x, rows, c, plan)
     # Every row lists itself first, even among exact duplicates.
     missing_self = ~(cand == rows[:, None]).any(1)
     cand[missing_self, -1] = rows[missing_self]
@@ -168,13 +168,15 @@ def knn(features: ArrayLike, k: int, backend: Union[str, KnnSearch] = "auto") ->
     if k < 1:
         raise ValueError(f"knn needs k >= 1, got {k}")
     search = _search(backend)
-    return search.complete(*_knn(_normalised(features), k, search))[0]
+    x = _normalised(features)
+    plan = search.plan(x, k)
+    return search.complete(*_knn(x, k, search, plan=plan), plan)[0]
 
 
 def knn_recall(x: torch.Tensor, nbr: np.ndarray, k1: int, search: KnnSearch) -> float:
     """Recall@k1 of the neighbour lists `nbr` [N, >= k1] on `search.recall_sample` rows of `x`,
     against exact search (torch on x's device)."""
-    sample = sample_rows(x.shape[0], search.recall_sample, search.seed)
+    sample = sample_rows(x.shape[0], search.recall_sample, search.seed + 1)  # not the rows that chose the probes
     exact = _knn(x, k1, KnnSearch("torch"), torch.from_numpy(sample))[0]
     return recall(nbr[sample, :k1], exact)
 
@@ -318,7 +320,8 @@ def jaccard_distance(
     _check_k(k1, k2)
     x = _normalised(features)
     search = _search(knn_backend)
-    nbr, nbr_sim = search.complete(*_knn(x, max(k1, k2), search))
+    plan = search.plan(x, k1)
+    nbr, nbr_sim = search.complete(*_knn(x, max(k1, k2), search, plan=plan), plan)
     return _jaccard_graph(x.cpu().numpy(), nbr, nbr_sim, k1, k2, max_distance)[0]
 
 
@@ -386,8 +389,10 @@ def pseudo_labels(
     nearest point counting itself, which must be <= eps for a core point (core_dist_p10 ...);
     per stage (knn, jaccard, dbscan, proxies) its seconds and peak memory in GB
     (`<stage>_seconds`, `<stage>_host_gb`, on Linux, and `<stage>_device_gb` of torch's CUDA
-    allocator); with the approx backend knn_recall, the recall@k1 of a sample against exact
-    search. The same line is logged on logger "fastreid.lwtgpf.clustering".
+    allocator); with the approx backend (`KnnSearch.plan`) knn_cells, knn_nprobe, knn_fallback,
+    knn_scanned (the mean share of rows a query scans) and knn_sample_recall (the candidates'
+    recall@k1 on the rows that chose the probes), and knn_recall, the recall@k1 of the final lists
+    on another sample against exact search. The same line is logged on logger "fastreid.lwtgpf.clustering".
     """
     _check_clustering(eps, min_samples, k1, k2)
     n = len(features)
@@ -401,24 +406,32 @@ def pseudo_labels(
     x = _normalised(features)
     k, share = min(max(k1, k2), n), split_rows(n, world)
     with _stage("knn", values):
-        centroids = search.train(x) if rank == 0 else None
+        # the approx search's parts are timed too: its plan (k-means, splits, choosing the probes),
+        # the search with the re-ranking, and the reverse neighbours
+        planned = time.perf_counter()
+        plan = search.plan(x, k1) if rank == 0 else None
         if shared and not search.exact:
-            if centroids is None:
-                centroids = x.new_empty((search.cells(n)[0], x.shape[1]))
-            centroids = centroids.to(collective_device(x.device))
-            dist.broadcast(centroids, 0)
+            plan = _broadcast_plan(plan, x)
+        searched = time.perf_counter()
+        values["knn_plan_seconds"] = searched - planned
         rows = torch.arange(share[rank].start, share[rank].stop)
-        nbr, nbr_sim = _knn(x, k, search, rows, centroids) if rows.numel() else \
+        nbr, nbr_sim = _knn(x, k, search, rows, plan) if rows.numel() else \
             (np.zeros((0, k), dtype=np.int64), np.zeros((0, k)))
         if shared:
             nbr = all_gather_rows(torch.from_numpy(nbr), len(share[0])).numpy()
             nbr_sim = all_gather_rows(torch.from_numpy(nbr_sim), len(share[0])).numpy()
+        completed = time.perf_counter()
+        values["knn_search_seconds"] = completed - searched
         if rank == 0:
-            nbr, nbr_sim = search.complete(nbr, nbr_sim)
+            nbr, nbr_sim = search.complete(nbr, nbr_sim, plan)
+        values["knn_reverse_seconds"] = time.perf_counter() - completed
+    if plan is not None and rank == 0:
+        values.update(plan.stats())
+        logger.info(search.describe(plan))
     labels, error = None, None
     if rank == 0:
         try:
-            if not search.exact and search.recall_sample:
+            if plan is not None and not plan.fallback and search.recall_sample:
                 values["knn_recall"] = knn_recall(x, nbr, k1, search)
             x = x.cpu().numpy()
             labels = _labels_from_neighbours(x, nbr, nbr_sim, cams, eps, min_samples, k1, k2, values, t0, stats)
@@ -428,6 +441,21 @@ def pseudo_labels(
             error = e  # the other processes wait for the labels: tell them first
     del x, nbr, nbr_sim
     return _broadcast_labels(labels, n, error) if shared else labels
+
+
+def _broadcast_plan(plan: Optional[IvfPlan], x: torch.Tensor) -> IvfPlan:
+    """Process 0's approx plan on every process (the centroids on each one's device)."""
+    device = collective_device(x.device)
+    header = torch.zeros(5, dtype=torch.float64)
+    if plan is not None:
+        header = torch.tensor([plan.centroids.shape[0], plan.nprobe, plan.fallback, plan.sample_recall, plan.scanned],
+                              dtype=torch.float64)
+    header = header.to(device)
+    dist.broadcast(header, 0)
+    cells, nprobe, fallback, sample_recall, scanned = header.tolist()
+    centroids = plan.centroids.to(device) if plan is not None else torch.empty((int(cells), x.shape[1]), device=device)
+    dist.broadcast(centroids, 0)
+    return IvfPlan(centroids.to(x.device), int(nprobe), sample_recall, scanned, bool(fallback))
 
 
 def _broadcast_labels(labels: Optional[Tuple[np.ndarray, np.ndarray]], n: int,

@@ -57,9 +57,13 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.CLUSTER.KNN_FP16 = False  # faiss on a GPU keeps the features in float16 (candidates re-ranked in float64)
     _C.CLUSTER.APPROX = CN()
     _C.CLUSTER.APPROX.NLIST = 0  # k-means cells of the approx search (0: round(sqrt(N)), at most N / 64)
-    _C.CLUSTER.APPROX.NPROBE = 0  # cells scanned per query (0: 32)
+    _C.CLUSTER.APPROX.MAX_CELL = 4.0  # cells above this many times the mean size are split (0: never)
+    _C.CLUSTER.APPROX.NPROBE = 32  # cells scanned per query (0: as many as TARGET_RECALL needs)
+    # NPROBE 0: the share of the k-reciprocal neighbour pairs of sampled rows that the search must find
+    _C.CLUSTER.APPROX.TARGET_RECALL = 0.95
+    _C.CLUSTER.APPROX.MAX_SCAN = 0.25  # NPROBE 0: when the target needs a larger share of rows per query, search exactly
     _C.CLUSTER.APPROX.PRECISION = "auto"  # auto | bfloat16 | float32: the scan's products (auto: bfloat16 where native)
-    _C.CLUSTER.APPROX.RECALL_SAMPLE = 1000  # queries whose recall@K1 against exact search is logged (0: off)
+    _C.CLUSTER.APPROX.RECALL_SAMPLE = 1000  # rows that choose NPROBE, and (others) whose final recall@K1 is logged
     _C.CLUSTER.APPROX.SEED = 0  # seed of the k-means sample and initialisation
     _C.CLUSTER.PART_DTYPE = "float32"  # float32 | float16: part features kept until the epoch's proxies exist
     # Addition beyond the original: features normalised per camera before clustering

@@ -16,6 +16,13 @@ float64, so two exact backends give the same neighbour lists.
   then take in their reverse neighbours (`add_reverse`), which repairs most of what the probes
   missed at no new product.
   It needs no faiss and runs on CPU and GPU alike.
+
+  The search adapts to the data (`KnnSearch.plan`). Cells far larger than the mean (an identity
+  with thousands of images, a camera's worth of near-duplicates) are split by k-means of their
+  own members, so that a probe never scans much more than N / cells rows. The number of probes is
+  raised until the candidates of a sample of rows find a target share of their k-reciprocal
+  neighbours (found by exact search; or fixed, with `nprobe`); when reaching it would scan more
+  than `max_scan` of the rows per query, exact search is cheaper and runs instead, with a warning.
 - ``auto``: faiss when it can search on the features' device, else torch.
 
 faiss is reached through `_faiss_flat_search` only: its GPU helpers have broken across releases
@@ -24,12 +31,12 @@ before, so only the stable index API is used, and torch can always stand in.
 import logging
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["BACKENDS", "KnnSearch", "add_reverse", "kmeans"]
+__all__ = ["BACKENDS", "IvfPlan", "KnnSearch", "add_reverse", "kmeans", "split_large_cells"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -40,6 +47,9 @@ _BLOCK = 1 << 26  # similarity entries per block of a dense search (256 MB in fl
 # (query, probe, member) slots per query chunk of the approx search (512 MB in bfloat16): larger
 # chunks give every cell more queries per product, which runs the scan 1.4x faster than 128 MB
 _SLOTS = 1 << 28
+# sampled rows whose k-reciprocal neighbours choose the probes: the members of their exact lists
+# are searched exactly too (k1 rows each), so this bounds that cost to about 4,000 exact queries
+_MUTUAL_ROWS = 200
 
 
 def _faiss():
@@ -112,26 +122,67 @@ def _nearest_cells(x: torch.Tensor, centroids: torch.Tensor, nprobe: int) -> tor
     return torch.cat([(x[i:i + step] @ centroids.T).topk(nprobe, dim=1).indices for i in range(0, x.shape[0], step)])
 
 
-def _ivf_search(x: torch.Tensor, rows: torch.Tensor, c: int, centroids: torch.Tensor, nprobe: int,
-                dtype: torch.dtype) -> torch.Tensor:
-    """Indices [len(rows), c] of the best rows among the members of each query's nprobe nearest
-    cells, compared in `dtype` (-1 where fewer than c rows were scanned).
+def split_large_cells(x: torch.Tensor, centroids: torch.Tensor, max_factor: float, seed: int = 0,
+                      rounds: int = 3) -> torch.Tensor:
+    """`centroids` with every cell of more than `max_factor` times the mean cell size replaced by
+    k-means centroids of its own members (one per mean cell size), for up to `rounds` rounds;
+    `max_factor` 0 keeps them as they are. Cells then hold about N / cells rows each, whatever the
+    sizes of the clusters in `x`, so that the rows a probe scans stay bounded."""
+    if not max_factor:
+        return centroids
+    n = x.shape[0]
+    for round_ in range(rounds):
+        cell_of = _nearest_cells(x, centroids, 1)[:, 0]
+        sizes = torch.bincount(cell_of, minlength=centroids.shape[0])
+        mean = n / centroids.shape[0]
+        large = torch.nonzero(sizes > max_factor * mean).flatten().tolist()
+        if not large:
+            break
+        parts = [centroids[sizes <= max_factor * mean]]
+        for cell in large:
+            members = x[cell_of == cell]
+            parts.append(kmeans(members, math.ceil(members.shape[0] / mean), seed=seed + 1 + round_ * 7919 + cell))
+        centroids = torch.cat(parts)
+    return centroids
 
-    The members of every cell are copied together, in `dtype`, once. Queries go in chunks; inside
-    a chunk every probed cell is compared with all the queries that probe it in one dense product,
-    whose rows land in the queries' (probe, member) slots of a [queries, nprobe, largest cell]
-    table; one top-c over each query's whole table row ends the chunk (one selection over a long
-    row costs a fraction of one per short cell block)."""
-    cells = centroids.shape[0]
-    cell_of = _nearest_cells(x, centroids, 1)[:, 0]
-    members = torch.argsort(cell_of, stable=True)
-    sizes = torch.bincount(cell_of, minlength=cells)
-    starts = torch.cumsum(sizes, 0) - sizes
-    base = x[members].to(dtype)
-    sizes_list, starts_list, cap = sizes.tolist(), starts.tolist(), int(sizes.max())
+
+@dataclass(frozen=True)
+class _Cells:
+    """The rows of `x` grouped by their nearest centroid: `members` (row indices, cell by cell),
+    each cell's `sizes` and `starts` in it, and `base`, the grouped rows in the scan's dtype."""
+
+    members: torch.Tensor
+    sizes: torch.Tensor
+    starts: torch.Tensor
+    base: torch.Tensor
+
+    @classmethod
+    def of(cls, x: torch.Tensor, centroids: torch.Tensor, dtype: torch.dtype) -> "_Cells":
+        cell_of = _nearest_cells(x, centroids, 1)[:, 0]
+        members = torch.argsort(cell_of, stable=True)
+        sizes = torch.bincount(cell_of, minlength=centroids.shape[0])
+        return cls(members, sizes, torch.cumsum(sizes, 0) - sizes, x[members].to(dtype))
+
+    def scanned(self, probes: torch.Tensor) -> torch.Tensor:
+        """Rows scanned by each query probing the cells `probes` [Q, nprobe]."""
+        return self.sizes[probes].sum(1)
+
+
+def _ivf_search(x: torch.Tensor, rows: torch.Tensor, c: int, centroids: torch.Tensor, nprobe: int,
+                cells: _Cells) -> torch.Tensor:
+    """Indices [len(rows), c] of the best rows among the members of each query's nprobe nearest
+    cells, compared in the dtype of `cells.base` (-1 where fewer than c rows were scanned).
+
+    Queries go in chunks; inside a chunk every probed cell is compared with all the queries that
+    probe it in one dense product, whose rows land in the queries' (probe, member) slots of a
+    [queries, nprobe, largest cell] table; one top-c over each query's whole table row ends the
+    chunk (one selection over a long row costs a fraction of one per short cell block)."""
+    dtype = cells.base.dtype
+    sizes_list, starts_list, cap = cells.sizes.tolist(), cells.starts.tolist(), int(cells.sizes.max())
     out = torch.full((rows.numel(), c), -1, dtype=torch.long, device=x.device)
     step = max(1, min(rows.numel(), _SLOTS // (nprobe * cap)))
     buffer = torch.empty(step * nprobe * cap, dtype=dtype, device=x.device)  # one allocation: fresh pages cost
+    num_cells = centroids.shape[0]
     for start in range(0, rows.numel(), step):
         chunk = rows[start:start + step]
         queries = x[chunk]
@@ -139,17 +190,67 @@ def _ivf_search(x: torch.Tensor, rows: torch.Tensor, c: int, centroids: torch.Te
         queries = queries.to(dtype)
         table = buffer[:chunk.numel() * nprobe * cap].view(chunk.numel(), nprobe, cap).fill_(float("-inf"))
         pairs = torch.argsort(probes.flatten(), stable=True)  # (query, probe) pairs grouped by cell
-        pair_ends = torch.cumsum(torch.bincount(probes.flatten(), minlength=cells), 0).tolist()
+        pair_ends = torch.cumsum(torch.bincount(probes.flatten(), minlength=num_cells), 0).tolist()
         for cell in torch.unique(probes).tolist():
             group = pairs[pair_ends[cell - 1] if cell else 0:pair_ends[cell]]
             query, probe = group // nprobe, group % nprobe
             lo, size = starts_list[cell], sizes_list[cell]
-            table[query, probe, :size] = queries[query] @ base[lo:lo + size].T
+            table[query, probe, :size] = queries[query] @ cells.base[lo:lo + size].T
         best = table.view(chunk.numel(), -1).topk(min(c, nprobe * cap), dim=1)
-        slot = starts[probes.gather(1, best.indices // cap)] + best.indices % cap
-        found = members[slot.clamp(max=x.shape[0] - 1)]
+        slot = cells.starts[probes.gather(1, best.indices // cap)] + best.indices % cap
+        found = cells.members[slot.clamp(max=x.shape[0] - 1)]
         out[start:start + chunk.numel(), :found.shape[1]] = torch.where(best.values > float("-inf"), found, -1)
     return out
+
+
+def _mutual_pairs(x: torch.Tensor, rows: torch.Tensor, exact: np.ndarray, c: int, k1: int) -> Tuple[np.ndarray, np.ndarray]:
+    """The rows listed in the exact top-k1 lists `exact` [R, k1] of `rows` (sorted, unique), and
+    which entries of `exact` are k-reciprocal: the row is in its neighbour's exact top k1 too (the
+    pairs the Jaccard distance is built from)."""
+    listed = np.unique(exact)
+    their = _reranked(x, torch.from_numpy(listed).to(x.device), _torch_flat_search(
+        x, torch.from_numpy(listed).to(x.device), c), k1)
+    return listed, (their[np.searchsorted(listed, exact)] == rows.cpu().numpy()[:, None, None]).any(2)
+
+
+def _pairs_found(found: np.ndarray, found_listed: np.ndarray, listed: np.ndarray, rows: np.ndarray,
+                 exact: np.ndarray) -> np.ndarray:
+    """Which entries (i, j) of `exact` [R, k] a search finds from either side: j in i's list
+    `found` [R, k], or i in j's list (`found_listed`, the lists of the `listed` rows), as the
+    reverse neighbours (`add_reverse`) then give both."""
+    forward = (found[:, :, None] == exact[:, None, :]).any(1)
+    backward = (found_listed[np.searchsorted(listed, exact)] == rows[:, None, None]).any(2)
+    return forward | backward
+
+
+def _reranked(x: torch.Tensor, rows: torch.Tensor, candidates: torch.Tensor, k: int) -> np.ndarray:
+    """The k candidates of each row with the highest float64 cosine (-1 pads ignored), as the
+    clustering re-ranks them."""
+    sim = torch.einsum("qd,qcd->qc", x[rows].double(), x[candidates.clamp(min=0)].double())
+    sim[candidates < 0] = float("-inf")
+    return candidates.gather(1, sim.topk(min(k, candidates.shape[1]), dim=1).indices).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class IvfPlan:
+    """How the approx backend searches this set: the cells' centroids [C, D] and the probes per
+    query, or `fallback` to exact search. `sample_recall` (the share of the sampled rows'
+    k-reciprocal neighbours that the candidates find) and `scanned` (the mean share of rows a
+    query scans) are NaN when not measured."""
+
+    centroids: torch.Tensor
+    nprobe: int
+    sample_recall: float = float("nan")
+    scanned: float = float("nan")
+    fallback: bool = False
+
+    def stats(self) -> Dict[str, float]:
+        """Scalars for the clustering's log: knn_cells, knn_nprobe, knn_fallback, and where measured
+        knn_scanned and knn_sample_recall."""
+        values = {"knn_cells": float(self.centroids.shape[0]), "knn_nprobe": float(self.nprobe),
+                  "knn_fallback": float(self.fallback), "knn_scanned": self.scanned,
+                  "knn_sample_recall": self.sample_recall}
+        return {key: value for key, value in values.items() if not math.isnan(value)}
 
 
 @dataclass(frozen=True)
@@ -160,25 +261,34 @@ class KnnSearch:
         backend: "auto", "faiss", "torch" (exact) or "approx" (inverted file).
         fp16: faiss on a GPU stores the features in float16 (half the device memory; candidates
             are still re-ranked in float64, but near-ties within float16 rounding may differ).
-        nlist: approx: k-means cells; 0 derives round(sqrt(N)), at most N / 64 (cells of about
-            sqrt(N) rows, large enough for dense products).
-        nprobe: approx: cells scanned per query; 0 means 32, so each query is compared with about
-            32 sqrt(N) rows (10% of them at N = 100,000, 3.2% at 1,000,000).
+        nlist: approx: k-means cells before large ones are split; 0 derives round(sqrt(N)), at
+            most N / 64 (cells of about sqrt(N) rows, large enough for dense products).
+        nprobe: approx: cells scanned per query (32: about 32 sqrt(N) rows, 10% of them at N =
+            100,000, 3.2% at 1,000,000); 0 chooses them for `target_recall`.
         precision: approx: dtype of the scan's products: "bfloat16" (the candidates only; they are
             re-ranked in float64), "float32", or "auto": bfloat16 where the device multiplies it
             natively (CUDA with bfloat16 support; CPUs with AVX512-BF16 or AMX), else float32.
-        recall_sample: approx: rows whose recall@k1 against exact search is measured each time
-            (0: not measured).
-        seed: approx: seed of the k-means sample and initialisation.
+        recall_sample: approx: rows whose scanned share is measured, and the first 200 of whose
+            k-reciprocal neighbours choose the probes; on another sample the final recall@k1 is
+            logged (0: none of these; nprobe must then be set).
+        seed: approx: seed of the k-means samples and initialisations and of the recall samples.
+        target_recall: approx with nprobe 0: the share of the sampled rows' k-reciprocal neighbours
+            (within the exact top k1) that the candidates must find.
+        max_cell: approx: cells of more than this many times the mean size are split (0: never).
+        max_scan: approx with nprobe 0: when the target needs more than this share of the rows
+            scanned per query, exact search runs instead (it is then the cheaper one).
     """
 
     backend: str = "auto"
     fp16: bool = False
     nlist: int = 0
-    nprobe: int = 0
+    nprobe: int = 32
     precision: str = "auto"
     recall_sample: int = 1000
     seed: int = 0
+    target_recall: float = 0.95
+    max_cell: float = 4.0
+    max_scan: float = 0.25
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -187,17 +297,25 @@ class KnnSearch:
         if self.precision not in PRECISIONS:
             raise ValueError(f"approx precision must be one of {', '.join(map(repr, PRECISIONS))} (config key "
                              f"CLUSTER.APPROX.PRECISION), got {self.precision!r}")
-        for name in ("nlist", "nprobe", "recall_sample"):
+        for name in ("nlist", "nprobe", "recall_sample", "max_cell"):
             if getattr(self, name) < 0:
                 raise ValueError(f"KnnSearch.{name} (config key CLUSTER.APPROX.{name.upper()}) must be >= 0, "
                                  f"got {getattr(self, name)}")
+        for name in ("target_recall", "max_scan"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"KnnSearch.{name} (config key CLUSTER.APPROX.{name.upper()}) must lie in (0, 1], "
+                                 f"got {getattr(self, name)}")
+        if self.backend == "approx" and not self.nprobe and not self.recall_sample:
+            raise ValueError("the approx search chooses its probes on CLUSTER.APPROX.RECALL_SAMPLE rows: set it "
+                             "above 0, or fix CLUSTER.APPROX.NPROBE")
 
     @classmethod
     def from_config(cls, cluster_cfg) -> "KnnSearch":
         """From a config's CLUSTER node."""
         approx = cluster_cfg.APPROX
         return cls(backend=cluster_cfg.KNN, fp16=cluster_cfg.KNN_FP16, nlist=approx.NLIST, nprobe=approx.NPROBE,
-                   precision=approx.PRECISION, recall_sample=approx.RECALL_SAMPLE, seed=approx.SEED)
+                   precision=approx.PRECISION, recall_sample=approx.RECALL_SAMPLE, seed=approx.SEED,
+                   target_recall=approx.TARGET_RECALL, max_cell=approx.MAX_CELL, max_scan=approx.MAX_SCAN)
 
     @property
     def exact(self) -> bool:
@@ -217,24 +335,65 @@ class KnnSearch:
             return getattr(torch, self.precision)
         return torch.bfloat16 if _native_bfloat16(device) else torch.float32
 
-    def cells(self, n: int):
-        """(nlist, nprobe) of the approx backend for n rows."""
-        nlist = min(self.nlist or max(1, min(round(math.sqrt(n)), n // 64)), n)
-        nprobe = min(self.nprobe or 32, nlist)
-        return nlist, nprobe
+    def cells(self, n: int) -> int:
+        """k-means cells of the approx backend for n rows, before large cells are split."""
+        return min(self.nlist or max(1, min(round(math.sqrt(n)), n // 64)), n)
 
-    def train(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """Centroids of the approx backend for the unit rows `x` (None for exact backends)."""
+    def plan(self, x: torch.Tensor, k1: int) -> Optional[IvfPlan]:
+        """The approx search of the unit rows `x` (None for exact backends): cells trained and
+        split, then probes fixed, or the first count in 1, 2, 4, ... that finds `target_recall`
+        of the k-reciprocal neighbour pairs of min(recall_sample, 200) sampled rows (from either
+        side, as the reverse neighbours complete the lists), or a fallback to exact search. k-reciprocal pairs (each in the other's exact top k1) are the
+        only ones the Jaccard distance is built from; a noise image's top k1 is near-random rows
+        that no cell structure routes to, and that the k-reciprocal test discards anyway."""
         if self.exact:
             return None
-        return kmeans(x, self.cells(x.shape[0])[0], seed=self.seed)
+        n = x.shape[0]
+        centroids = split_large_cells(x, kmeans(x, self.cells(n), seed=self.seed), self.max_cell, self.seed)
+        num_cells = centroids.shape[0]
+        if not self.recall_sample:
+            return IvfPlan(centroids, min(self.nprobe, num_cells))
+        cells = _Cells.of(x, centroids, self.scan_dtype(x.device))
+        rows = torch.from_numpy(sample_rows(n, self.recall_sample, self.seed)).to(x.device)
 
-    def candidates(self, x: torch.Tensor, rows: torch.Tensor, c: int,
-                   centroids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        def scanned(nprobe: int) -> float:
+            return float(cells.scanned(_nearest_cells(x[rows], centroids, nprobe)).double().mean()) / n
+
+        if self.nprobe:
+            nprobe = min(self.nprobe, num_cells)
+            return IvfPlan(centroids, nprobe, scanned=scanned(nprobe))
+        k1 = min(k1, n)
+        c = min(k1 + 10, n)  # as many candidates as the clustering re-ranks
+        choice = torch.from_numpy(sample_rows(n, min(self.recall_sample, _MUTUAL_ROWS), self.seed)).to(x.device)
+        exact = _reranked(x, choice, _torch_flat_search(x, choice, c), k1)
+        listed, mutual = _mutual_pairs(x, choice, exact, c, k1)
+        listed_rows = torch.from_numpy(listed).to(x.device)
+        nprobe = 1
+        while True:
+            share = scanned(nprobe)
+            if share > self.max_scan:
+                logger.warning(f"approx kNN: finding {self.target_recall} of the k-reciprocal neighbours would take "
+                               f"{nprobe} or more of {num_cells} cells per query, which scan {share:.0%} of the rows "
+                               f"(more than CLUSTER.APPROX.MAX_SCAN, {self.max_scan:.0%}): exact search is the "
+                               "cheaper here and runs instead")
+                return IvfPlan(centroids, nprobe, scanned=share, fallback=True)
+            found = _reranked(x, choice, _ivf_search(x, choice, c, centroids, nprobe, cells), k1)
+            found_listed = _reranked(x, listed_rows, _ivf_search(x, listed_rows, c, centroids, nprobe, cells), k1)
+            pairs = _pairs_found(found, found_listed, listed, choice.cpu().numpy(), exact)
+            reached = float(pairs[mutual].mean()) if mutual.any() else 1.0
+            if reached >= self.target_recall or nprobe == num_cells:
+                return IvfPlan(centroids, nprobe, reached, share)
+            nprobe = min(2 * nprobe, num_cells)
+
+    def candidates(self, x: torch.Tensor, rows: torch.Tensor, c: int, plan: Optional[IvfPlan] = None) -> torch.Tensor:
         """Indices [len(rows), c] (on x's device) of about the c rows of the unit rows `x` with the
         highest inner product with each query row `rows`; -1 pads approx lists that found fewer.
-        `centroids` (from `train`) are trained here when not given."""
+        The approx backend needs its `plan`."""
         backend = self.resolve(x.device)
+        if backend == "approx" and plan is None:
+            raise ValueError("the approx search needs its plan: KnnSearch.plan(x, k1)")
+        if backend == "approx" and plan.fallback:
+            backend = KnnSearch().resolve(x.device)
         if backend == "torch":
             return _torch_flat_search(x, rows, c)
         if backend == "faiss":
@@ -244,20 +403,25 @@ class KnnSearch:
             base = x.cpu().numpy()
             found = _faiss_flat_search(base, base[rows.cpu().numpy()], c, x.device, self.fp16)
             return torch.from_numpy(found).to(x.device)
-        if centroids is None:
-            centroids = self.train(x)
-        return _ivf_search(x, rows, c, centroids.to(x.device), self.cells(x.shape[0])[1], self.scan_dtype(x.device))
+        cells = _Cells.of(x, plan.centroids.to(x.device), self.scan_dtype(x.device))
+        return _ivf_search(x, rows, c, plan.centroids.to(x.device), plan.nprobe, cells)
 
-    def describe(self, n: int) -> str:
-        if self.exact:
+    def describe(self, plan: Optional[IvfPlan] = None) -> str:
+        if plan is None:
             return self.backend
-        nlist, nprobe = self.cells(n)
-        return f"approx (inverted file, {nlist} cells, {nprobe} probed, {self.precision} scan, reverse neighbours)"
+        cells = plan.centroids.shape[0]
+        if plan.fallback:
+            return f"approx fell back to exact search ({cells} cells would scan {plan.scanned:.0%} of the rows)"
+        chosen = "fixed" if math.isnan(plan.sample_recall) else \
+            f"chosen for recall {plan.sample_recall:.3f} >= {self.target_recall} on {self.recall_sample} rows"
+        scanned = "" if math.isnan(plan.scanned) else f", {plan.scanned:.1%} of the rows scanned per query"
+        return (f"approx (inverted file, {cells} cells, {plan.nprobe} probed ({chosen}){scanned}, "
+                f"{self.precision} scan, reverse neighbours)")
 
-    def complete(self, nbr: np.ndarray, sim: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def complete(self, nbr: np.ndarray, sim: np.ndarray, plan: Optional[IvfPlan] = None) -> Tuple[np.ndarray, np.ndarray]:
         """The final lists from every row's re-ranked candidates `nbr` [N, k] and their cosines `sim`
-        (inf for the row itself): unchanged for exact backends; for approx, `add_reverse`."""
-        return (nbr, sim) if self.exact else add_reverse(nbr, sim)
+        (inf for the row itself): unchanged for exact search; for approx, `add_reverse`."""
+        return (nbr, sim) if plan is None or plan.fallback else add_reverse(nbr, sim)
 
 
 def add_reverse(nbr: np.ndarray, sim: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:

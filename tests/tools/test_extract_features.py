@@ -7,23 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from fastreid.modeling.meta_arch import build_model
 from PIL import Image
 
 import lwtgpf  # noqa: F401
-from lwtgpf.cli import load_config
 from lwtgpf.inference.extractor import FeatureExtractor
 from lwtgpf.inference.feature_file import ChunkedFeatureWriter, read_features
 
+from .conftest import TINY
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "MODEL.DEVICE", "cpu", "MODEL.BACKBONE.PRETRAIN", "False", "MODEL.BACKBONE.NUM_CAMERAS", "3",
-    "MODEL.BACKBONE.DROP_PATH_RATIO", "0.0", "MODEL.BACKBONE.LEWINVIT.EMBED_DIM", "8",
-    "MODEL.BACKBONE.LEWINVIT.DEPTHS", "[1, 1, 1, 1]", "MODEL.BACKBONE.LEWINVIT.NUM_HEADS", "[1, 2, 2, 4]",
-    "MODEL.BACKBONE.LEWINVIT.WINDOW_SIZE", "3", "INPUT.SIZE_TRAIN", "[64, 32]", "INPUT.SIZE_TEST", "[64, 32]",
-    "MODEL.HEADS.PART_GRANULARITIES", "[1, 2]", "DATALOADER.NUM_WORKERS", "0",
-]
 COUNT = 26  # chunks of 8: 8, 8, 8, 2
 
 
@@ -38,20 +30,9 @@ extract_features = _tool()
 
 
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory):
+def model_files(tiny_model_files):
     """A config file (the tiny model's whole config) and a checkpoint of that model."""
-    folder = tmp_path_factory.mktemp("model")
-    cfg = load_config(str(ROOT / "configs/LWTGPF/Base-LWTGPF.yml"), TINY)
-    config = folder / "tiny.yml"
-    config.write_text(cfg.dump())
-    torch.manual_seed(0)
-    model = build_model(cfg)
-    for module in model.modules():  # BNNeck statistics that are not the identity
-        if isinstance(module, torch.nn.BatchNorm1d):
-            module.running_mean.normal_(0, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    weights = folder / "model.pth"
-    torch.save({"model": model.state_dict()}, weights)
+    config, weights, _ = tiny_model_files
     return str(config), str(weights)
 
 
