@@ -40,6 +40,7 @@ from lwtgpf.data.io import UnreadableImageError, read_image
 from lwtgpf.inference.extractor import BACKENDS, FeatureExtractor
 from lwtgpf.inference.feature_file import Chunk, ChunkedFeatureWriter, FeatureFileError
 from lwtgpf.modeling.backbones.side_info import UNKNOWN_CAMERA
+from lwtgpf.weights import file_sha256
 
 logger = logging.getLogger("lwtgpf.extract_features")
 
@@ -124,15 +125,6 @@ def collect_images(source: str, camera: Optional[int] = None, num_cameras: int =
     raise ImageListError(f"--images {source}: no such folder or list file")
 
 
-def sha256_file(path: str) -> str:
-    """The SHA-256 of a file, read 1 MiB at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def feature_meta(extractor: FeatureExtractor, weights: str, device: str, source: str) -> dict:
     """The extractor's meta, and what identifies the features for resuming: hashes of the weights and
     of the config (without the keys that do not change features), the device and the images' source."""
@@ -144,7 +136,7 @@ def feature_meta(extractor: FeatureExtractor, weights: str, device: str, source:
         for part in parents:
             node = node[part]
         node[leaf] = None
-    return dict(extractor.meta, weights_sha256=sha256_file(weights),
+    return dict(extractor.meta, weights_sha256=file_sha256(weights),
                 config_sha256=hashlib.sha256(cfg.dump().encode()).hexdigest(), device=device,
                 images=os.path.abspath(source))
 

@@ -13,7 +13,6 @@ its SHA-256 printed; on the same machine and thread count the run is bit for bit
 `pretrained/SHA256SUMS` records the shipped file's.
 """
 import argparse
-import hashlib
 import io
 import os
 import sys
@@ -28,17 +27,10 @@ import torch  # noqa: E402
 from demo import ROOT, train  # noqa: E402
 from lwtgpf.cli import parse_args  # noqa: E402
 from lwtgpf.modeling.backbones.pretrained import lewinvit_to_solider  # noqa: E402
+from lwtgpf.weights import file_sha256  # noqa: E402
 
 CONFIG = ROOT / "configs/Pretrain/synthetic.yml"
 DEFAULT_OUTPUT = ROOT / "pretrained/lewinvit_demo_synthetic.pth"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_backbone(checkpoint: Path, output: Path) -> None:
@@ -68,7 +60,7 @@ def main() -> None:
     export_backbone(args.output_dir / "model_final.pth", args.output)
     print(f"\nPretrained in {(time.time() - start) / 60:.1f} min; population test split: "
           f"Rank-1 {result['Rank-1']:.2f}  mAP {result['mAP']:.2f}")
-    print(f"{sha256(args.output)}  {args.output}")
+    print(f"{file_sha256(args.output)}  {args.output}")
 
 
 if __name__ == "__main__":

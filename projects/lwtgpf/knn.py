@@ -157,15 +157,14 @@ class _Cells:
     base: torch.Tensor
 
     @classmethod
-    def of(cls, x: torch.Tensor, centroids: torch.Tensor, dtype: torch.dtype) -> "_Cells":
-        cell_of = _nearest_cells(x, centroids, 1)[:, 0]
+    def of(cls, x: torch.Tensor, centroids: torch.Tensor, dtype: torch.dtype,
+           cell_of: Optional[torch.Tensor] = None) -> "_Cells":
+        """The cells of `x`'s rows (`cell_of`, each row's nearest centroid, when already known)."""
+        if cell_of is None:
+            cell_of = _nearest_cells(x, centroids, 1)[:, 0]
         members = torch.argsort(cell_of, stable=True)
         sizes = torch.bincount(cell_of, minlength=centroids.shape[0])
         return cls(members, sizes, torch.cumsum(sizes, 0) - sizes, x[members].to(dtype))
-
-    def scanned(self, probes: torch.Tensor) -> torch.Tensor:
-        """Rows scanned by each query probing the cells `probes` [Q, nprobe]."""
-        return self.sizes[probes].sum(1)
 
 
 def _ivf_search(x: torch.Tensor, rows: torch.Tensor, c: int, centroids: torch.Tensor, nprobe: int,
@@ -343,9 +342,10 @@ class KnnSearch:
         """The approx search of the unit rows `x` (None for exact backends): cells trained and
         split, then probes fixed, or the first count in 1, 2, 4, ... that finds `target_recall`
         of the k-reciprocal neighbour pairs of min(recall_sample, 200) sampled rows (from either
-        side, as the reverse neighbours complete the lists), or a fallback to exact search. k-reciprocal pairs (each in the other's exact top k1) are the
-        only ones the Jaccard distance is built from; a noise image's top k1 is near-random rows
-        that no cell structure routes to, and that the k-reciprocal test discards anyway."""
+        side, as the reverse neighbours complete the lists), or a fallback to exact search.
+        k-reciprocal pairs (each in the other's exact top k1) are the only ones the Jaccard
+        distance is built from: a noise image's top k1 is near-random rows that no cell structure
+        routes to, and that the k-reciprocal test discards anyway."""
         if self.exact:
             return None
         n = x.shape[0]
@@ -353,11 +353,13 @@ class KnnSearch:
         num_cells = centroids.shape[0]
         if not self.recall_sample:
             return IvfPlan(centroids, min(self.nprobe, num_cells))
-        cells = _Cells.of(x, centroids, self.scan_dtype(x.device))
+        cell_of = _nearest_cells(x, centroids, 1)[:, 0]
+        sizes = torch.bincount(cell_of, minlength=num_cells)
         rows = torch.from_numpy(sample_rows(n, self.recall_sample, self.seed)).to(x.device)
 
         def scanned(nprobe: int) -> float:
-            return float(cells.scanned(_nearest_cells(x[rows], centroids, nprobe)).double().mean()) / n
+            """The mean share of the rows that the sampled rows scan with `nprobe` probes."""
+            return float(sizes[_nearest_cells(x[rows], centroids, nprobe)].sum(1).double().mean()) / n
 
         if self.nprobe:
             nprobe = min(self.nprobe, num_cells)
@@ -368,6 +370,7 @@ class KnnSearch:
         exact = _reranked(x, choice, _torch_flat_search(x, choice, c), k1)
         listed, mutual = _mutual_pairs(x, choice, exact, c, k1)
         listed_rows = torch.from_numpy(listed).to(x.device)
+        cells = _Cells.of(x, centroids, self.scan_dtype(x.device), cell_of)
         nprobe = 1
         while True:
             share = scanned(nprobe)
@@ -403,8 +406,8 @@ class KnnSearch:
             base = x.cpu().numpy()
             found = _faiss_flat_search(base, base[rows.cpu().numpy()], c, x.device, self.fp16)
             return torch.from_numpy(found).to(x.device)
-        cells = _Cells.of(x, plan.centroids.to(x.device), self.scan_dtype(x.device))
-        return _ivf_search(x, rows, c, plan.centroids.to(x.device), plan.nprobe, cells)
+        centroids = plan.centroids.to(x.device)
+        return _ivf_search(x, rows, c, centroids, plan.nprobe, _Cells.of(x, centroids, self.scan_dtype(x.device)))
 
     def describe(self, plan: Optional[IvfPlan] = None) -> str:
         if plan is None:

@@ -12,6 +12,7 @@ window). They differ in what they forgive, hence two loaders:
 * `load_backbone_weights`: a backbone file may hold heads the model lacks and lack tensors the model
   adds (both reported), but a tensor of another shape that cannot be adapted stops.
 """
+import hashlib
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from timm.layers import resize_rel_pos_bias_table
 
 __all__ = ["WeightsError", "LoadReport", "read_weights", "state_dict_in", "tensors_of", "read_state_dict",
            "adapt_camera_table", "adapt_rel_pos_table", "rel_pos_adapter", "match_state_dict",
-           "load_model_weights", "load_backbone_weights"]
+           "load_model_weights", "load_backbone_weights", "file_sha256"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -294,3 +295,12 @@ def load_backbone_weights(model: nn.Module, state: Mapping[str, torch.Tensor], r
         raise WeightsError(f"pretrained weights {report.path} fit nothing in {model_name} ({report.format} format; "
                            f"{fit_hint}); first keys: {list(state)[:5]}")
     model.load_state_dict(accepted, strict=False)
+
+
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file (e.g. a weights file, as pretrained/SHA256SUMS lists them), read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

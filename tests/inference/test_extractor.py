@@ -92,7 +92,7 @@ def test_features_equal_the_evaluators(weights):
 def test_every_input_kind_gives_the_same_features(weights, crops):
     extractor = lwtgpf.FeatureExtractor(CONFIG, weights, opts=OPTS, batch_size=4)
     expected = extractor(crops, camids=1)
-    rgb = [np.asarray(Image.open(p).convert("RGB")) for p in crops]
+    rgb = [np.array(Image.open(p).convert("RGB")) for p in crops]
     bgr = [cv2.imread(p) for p in crops]  # OpenCV's channel order
     same_size = np.stack([cv2.resize(a, (20, 50)) for a in rgb])  # a 4-D batch, one size
     kinds = {
