@@ -19,7 +19,7 @@ from sklearn.cluster import DBSCAN
 from sklearn.neighbors import sort_graph_by_row_values
 
 from .distributed import all_gather_rows, collective_device, split_rows
-from .knn import IvfPlan, KnnSearch, recall, sample_rows
+from .knn import RERANK_MARGIN, IvfPlan, KnnSearch, recall, sample_rows
 
 __all__ = [
     "NoClustersError",
@@ -37,9 +37,6 @@ ArrayLike = Union[np.ndarray, torch.Tensor]
 # carries a tolerance that absorbs float rounding on every machine (METHOD.md section 3, step 3).
 EPS_TOLERANCE = 1e-6
 
-# Extra candidates fetched from the search backend and re-ranked in float64, so that the final
-# order does not depend on the backend's float32 rounding.
-_KNN_MARGIN = 10
 _ROW_CHUNK = 1024  # rows per block in the neighbour-list steps
 _RERANK_CHUNK = 1 << 19  # candidate coordinates per block of the float64 re-ranking (4 MB: stays in cache)
 STAGES = ("knn", "jaccard", "dbscan", "proxies")
@@ -130,7 +127,7 @@ def _knn(x: torch.Tensor, k: int, search: KnnSearch, rows: Optional[torch.Tensor
     n = x.shape[0]
     rows = torch.arange(n, device=x.device) if rows is None else rows.to(x.device)
     k = min(k, n)
-    c = min(k + _KNN_MARGIN, n)
+    c = min(k + RERANK_MARGIN, n)
     cand = search.candidates(x, rows, c, plan)
     # Every row lists itself first, even among exact duplicates.
     missing_self = ~(cand == rows[:, None]).any(1)
@@ -390,8 +387,8 @@ def pseudo_labels(
     per stage (knn, jaccard, dbscan, proxies) its seconds and peak memory in GB
     (`<stage>_seconds`, `<stage>_host_gb`, on Linux, and `<stage>_device_gb` of torch's CUDA
     allocator); with the approx backend (`KnnSearch.plan`) knn_cells, knn_nprobe, knn_fallback,
-    knn_scanned (the mean share of rows a query scans) and knn_sample_recall (the candidates'
-    recall@k1 on the rows that chose the probes), and knn_recall, the recall@k1 of the final lists
+    knn_scanned (the mean share of rows a query scans) and knn_sample_recall (the share of
+    the sampled k-reciprocal pairs found, when the probes were chosen for TARGET_RECALL), and knn_recall, the recall@k1 of the final lists
     on another sample against exact search. The same line is logged on logger "fastreid.lwtgpf.clustering".
     """
     _check_clustering(eps, min_samples, k1, k2)

@@ -36,7 +36,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["BACKENDS", "IvfPlan", "KnnSearch", "add_reverse", "kmeans", "split_large_cells"]
+__all__ = ["BACKENDS", "RERANK_MARGIN", "IvfPlan", "KnnSearch", "add_reverse", "kmeans", "split_large_cells"]
 
 logger = logging.getLogger("fastreid." + __name__)
 
@@ -47,6 +47,9 @@ _BLOCK = 1 << 26  # similarity entries per block of a dense search (256 MB in fl
 # (query, probe, member) slots per query chunk of the approx search (512 MB in bfloat16): larger
 # chunks give every cell more queries per product, which runs the scan 1.4x faster than 128 MB
 _SLOTS = 1 << 28
+# Extra candidates beyond k fetched from every backend and re-ranked in float64 (lwtgpf.clustering),
+# so that the final order does not depend on the backend's float32 rounding.
+RERANK_MARGIN = 10
 # sampled rows whose k-reciprocal neighbours choose the probes: the members of their exact lists
 # are searched exactly too (k1 rows each), so this bounds that cost to about 4,000 exact queries
 _MUTUAL_ROWS = 200
@@ -365,7 +368,7 @@ class KnnSearch:
             nprobe = min(self.nprobe, num_cells)
             return IvfPlan(centroids, nprobe, scanned=scanned(nprobe))
         k1 = min(k1, n)
-        c = min(k1 + 10, n)  # as many candidates as the clustering re-ranks
+        c = min(k1 + RERANK_MARGIN, n)  # as many candidates as the clustering re-ranks
         choice = torch.from_numpy(sample_rows(n, min(self.recall_sample, _MUTUAL_ROWS), self.seed)).to(x.device)
         exact = _reranked(x, choice, _torch_flat_search(x, choice, c), k1)
         listed, mutual = _mutual_pairs(x, choice, exact, c, k1)

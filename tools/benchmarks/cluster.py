@@ -63,7 +63,6 @@ AUGMENT = dict(crop_scale=(0.7, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=0.5, brigh
 _ROWS = 4096  # rows per generated block
 _IDS = 1024  # identities per generated block (their per-camera shifts are drawn together)
 _BATCH = 64  # images per forward pass of the model distribution
-_KNN_MARGIN = 10  # candidates beyond k1 that the clustering re-ranks (lwtgpf.clustering._KNN_MARGIN)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -430,11 +429,10 @@ def faiss_ivf_stage(x: np.ndarray, k1: int, nprobe: int, nlist: int = 0, recall_
     `recall_sample` rows drawn with seed 1 (NaN for none), and a description."""
     import faiss
 
-    from lwtgpf.knn import KnnSearch, recall, sample_rows
+    from lwtgpf.knn import RERANK_MARGIN, KnnSearch, recall, sample_rows
 
     n, dim = x.shape
-    cells = KnnSearch(nlist=nlist).cells(n)
-    nlist = int(cells[0] if isinstance(cells, tuple) else cells)  # older lwtgpf.knn gave (nlist, nprobe)
+    nlist = KnnSearch(nlist=nlist).cells(n)
     start = time.perf_counter()
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -446,7 +444,7 @@ def faiss_ivf_stage(x: np.ndarray, k1: int, nprobe: int, nlist: int = 0, recall_
     build = time.perf_counter() - start
     index.nprobe = min(nprobe, nlist)
     start = time.perf_counter()
-    found = index.search(x, min(k1 + _KNN_MARGIN, n))[1]
+    found = index.search(x, min(k1 + RERANK_MARGIN, n))[1]
     search = time.perf_counter() - start
     reached = float("nan")
     if recall_sample:
