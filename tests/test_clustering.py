@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import sparse
 from sklearn.cluster import DBSCAN
 
 import lwtgpf  # noqa: F401
@@ -60,8 +61,11 @@ def dense_jaccard(x, k1, k2):
     return np.maximum(0.0, 1 - s / (2 - s))
 
 
-@pytest.mark.parametrize("k1,k2,max_distance", [(20, 6, 1.0), (8, 3, 0.6), (5, 1, 0.5)])
-def test_jaccard_matches_dense(k1, k2, max_distance):
+@pytest.mark.parametrize("verify_cost", [0.0, np.inf], ids=["prefix-filtered", "all-overlaps"])
+@pytest.mark.parametrize("k1,k2,max_distance", [(20, 6, 1.0), (8, 3, 0.6), (5, 1, 0.5), (20, 6, 0.3)])
+def test_jaccard_matches_dense(k1, k2, max_distance, verify_cost, monkeypatch):
+    # both ways of finding a block's pairs: every block verified, or none
+    monkeypatch.setattr(clustering, "_VERIFY_COST", verify_cost)
     x, _ = blobs(seed=k1)
     ref = dense_jaccard(x, k1, k2)
     graph = clustering.jaccard_distance(torch.from_numpy(x), k1=k1, k2=k2, max_distance=max_distance)
@@ -92,6 +96,65 @@ def test_jaccard_on_duplicates_is_exact_and_deterministic():
     # hold the same images in a tie order the search may choose differently, so s sums in another order)
     twins = (coo.row % 120 == coo.col % 120) & ~diagonal
     assert twins.sum() == 60 and coo.data[twins].max() < 1e-12
+
+
+def random_encoding(n, seed, hubs=3):
+    """A random V': rows of 5-40 nonnegative entries summing to 1, in groups of three that share
+    most of their columns, plus a few hub columns in most rows."""
+    rng = np.random.default_rng(seed)
+    dense = np.zeros((n, n))
+    for i in range(n):
+        if i % 3:  # the group's first row, reweighted, with some columns moved elsewhere
+            dense[i] = dense[i - i % 3] * rng.uniform(0.3, 1.7, n)
+            moved = rng.choice(np.flatnonzero(dense[i]), rng.integers(0, 4))
+            dense[i, rng.choice(n, moved.size)] += dense[i, moved]
+            dense[i, moved] = 0
+        else:
+            cols = rng.choice(n, rng.integers(5, 41), replace=False)
+            dense[i, cols] = rng.exponential(size=cols.size)
+        if rng.random() < 0.7:
+            dense[i, rng.choice(hubs, 2)] += rng.exponential(size=2)
+    return dense / dense.sum(1, keepdims=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prefixes_follow_their_definition_and_keep_every_close_pair(seed):
+    n = 150
+    dense = random_encoding(n, seed)
+    threshold = np.random.default_rng(seed).uniform(0.05, 0.9)
+    prefixes = clustering._prefixes(sparse.csr_matrix(dense), threshold).toarray() > 0
+    # one order of the columns: by how many rows store them, ties by index
+    order = np.lexsort((np.arange(n), (dense > 0).sum(0)))
+    for i in range(n):
+        stored = [k for k in order if dense[i, k] > 0]
+        mass_from = [dense[i, stored[p:]].sum() for p in range(len(stored))]
+        expected = {k for k, mass in zip(stored, mass_from) if mass >= threshold - 1e-12}
+        assert set(np.flatnonzero(prefixes[i])) == expected
+    overlap = np.minimum(dense[:, None, :], dense[None, :, :]).sum(2)
+    close = overlap >= threshold
+    share = (prefixes[:, None, :] & prefixes[None, :, :]).any(2)
+    assert close.sum() > n and (share | ~close).all()  # the filter drops no pair at or above the threshold
+
+
+@pytest.mark.parametrize("max_distance", [0.3, 0.5, 0.8])
+def test_jaccard_graph_ways_agree_with_overlaps_on_hub_columns(max_distance, monkeypatch):
+    n = 300
+    dense = random_encoding(n, 7, hubs=2)
+    overlap = np.minimum(dense[:, None, :], dense[None, :, :]).sum(2)
+    d = np.maximum(1 - overlap / (2 - overlap), 0)
+    np.fill_diagonal(d, 0)
+    for verify_cost in (0.0, np.inf):
+        monkeypatch.setattr(clustering, "_VERIFY_COST", verify_cost)
+        graph = clustering._jaccard_graph(sparse.csr_matrix(dense), max_distance)
+        coo = graph.tocoo()
+        border = np.abs(d - max_distance) < 1e-9
+        stored = np.zeros((n, n), dtype=bool)
+        stored[coo.row, coo.col] = True
+        assert np.array_equal(stored[~border], (d < max_distance)[~border]), verify_cost
+        np.testing.assert_allclose(coo.data, d[coo.row, coo.col], atol=1e-12)
+    rows = np.array([0, 5, 77, 299])
+    smallest = clustering._smallest_distances(sparse.csr_matrix(dense), rows, 4)
+    np.testing.assert_allclose(smallest, np.sort(np.where(overlap > 0, d, 1.0)[rows], axis=1)[:, :4], atol=1e-12)
 
 
 def test_knn_backends_agree():

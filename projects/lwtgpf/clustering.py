@@ -9,7 +9,7 @@ distance exactly 1 and are never stored.
 import contextlib
 import logging
 import time
-from typing import Dict, Iterator, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,11 @@ STAGES = ("knn", "jaccard", "dbscan", "proxies")
 _FAILED = -2  # label broadcast by process 0 when it could not compute the labels
 _PAIR_CHUNK = 1 << 15  # feature pairs per block when gathering cosines
 _OVERLAP_CHUNK = 1 << 22  # (row, partner) products per block of the overlap step
+# One verified (pair, partner entry) costs about this share of one overlap product, measured on
+# the cluster benchmark's sets (docs/BENCHMARKS.md): a block of rows is verified when cheaper so.
+_VERIFY_COST = 0.35
+_TABLE_ROWS = 256  # rows per dense table of the verification (256 x their columns float64)
+_STATS_ROWS = 2000  # sampled rows whose smallest Jaccard distances give the logged quantiles
 
 
 class NoClustersError(RuntimeError):
@@ -248,58 +253,146 @@ def _check_k(k1: int, k2: int) -> None:
         raise ValueError(f"k-reciprocal neighbourhoods need k1 >= 1 and k2 >= 1, got k1={k1}, k2={k2}")
 
 
-def _jaccard_graph(
-    x: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, k1: int, k2: int, max_distance: float, ranks: int = 0,
-) -> Tuple[sparse.csr_matrix, np.ndarray]:
-    """Sparse Jaccard graph (pairs with d < max_distance) of the unit rows `x` [N, D] float32 from
-    their neighbour lists (`_knn`), and, for every row, its `ranks` smallest distances counting
-    itself (1.0 where a row has fewer stored partners), as [N, ranks]."""
+def _overlaps(rows: sparse.csr_matrix, columns: sparse.csc_matrix) -> sparse.csr_matrix:
+    """s [R, N]: sum_k min(rows[r, k], V'[j, k]) for every j sharing a column with row r, from
+    V' as CSC (`columns`): every stored rows[r, k] is expanded against column k's entries (an
+    inverted index) and the minima are summed per (r, j)."""
+    cnt = np.diff(columns.indptr)[rows.indices]
+    offsets = np.repeat(columns.indptr[rows.indices] - (np.cumsum(cnt) - cnt), cnt) + np.arange(cnt.sum())
+    mins = np.minimum(np.repeat(rows.data, cnt), columns.data[offsets])
+    # The products come out grouped by row already: build the CSR matrix directly and let scipy
+    # sort each row and sum the duplicate (r, j) entries.
+    pair_ptr = np.zeros(rows.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.add.reduceat(cnt, rows.indptr[:-1]), out=pair_ptr[1:])
+    s = sparse.csr_matrix((mins, columns.indices[offsets], pair_ptr), shape=(rows.shape[0], columns.shape[0]))
+    s.sum_duplicates()
+    return s
+
+
+def _distance(s: np.ndarray) -> np.ndarray:
+    """Jaccard distance from the overlap s = sum_k min(V'[i, k], V'[j, k]) (rows of V' sum to 1)."""
+    return np.maximum(1.0 - s / (2.0 - s), 0.0)
+
+
+def _prefixes(vq: sparse.csr_matrix, threshold: float) -> sparse.csr_matrix:
+    """Every row's prefix under one global column order (rarest column first): its first entries
+    in that order, up to the last one from which the row still holds mass >= `threshold`.
+
+    Two rows with overlap s >= threshold share a column that lies in both prefixes (prefix
+    filtering, Chaudhuri et al., ICDE 2006; Bayardo et al., WWW 2007): otherwise all their shared
+    columns lie after the first one, which one of them has outside its prefix, where that row holds
+    less than `threshold`. Rare columns first keep the candidate pairs few: a hub column, stored
+    by hundreds of rows, lies in few prefixes."""
+    n = vq.shape[0]
+    counts = np.bincount(vq.indices, minlength=n)
+    rank = np.empty(n, dtype=np.int64)
+    rank[np.lexsort((np.arange(n), counts))] = np.arange(n)
+    lengths = np.diff(vq.indptr)
+    rows = np.repeat(np.arange(n), lengths)
+    order = np.lexsort((rank[vq.indices], rows))
+    tail = np.cumsum(vq.data[order][::-1])[::-1]  # mass from each entry to the end of the whole array
+    after_row = np.append(tail[vq.indptr[1:-1]], 0.0)
+    keep = tail - np.repeat(after_row, lengths) >= threshold
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[keep], minlength=n), out=indptr[1:])
+    return sparse.csr_matrix((np.ones(int(keep.sum()), dtype=np.int32), vq.indices[order][keep], indptr),
+                             shape=(n, n))
+
+
+def _verified(vq: sparse.csr_matrix, start: int, stop: int, rows: np.ndarray, cols: np.ndarray,
+              slot: np.ndarray) -> np.ndarray:
+    """The overlap s of every candidate pair (start + rows, cols) of the rows
+    start..stop: row i's V' entries sit in a dense table of the columns the block stores, and
+    every stored V'[j, k] of the partner is looked up there. `slot` [N] is all zeros (the table's
+    column of zeros) and is left so."""
+    lo, hi = vq.indptr[start], vq.indptr[stop]
+    stored = vq.indices[lo:hi]
+    used = np.unique(stored)
+    slot[used] = np.arange(1, used.size + 1)
+    width = used.size + 1
+    table = np.zeros((stop - start) * width)
+    table[np.repeat(np.arange(stop - start), np.diff(vq.indptr[start:stop + 1])) * width + slot[stored]] = vq.data[lo:hi]
+    cnt = np.diff(vq.indptr)[cols]
+    first = np.cumsum(cnt) - cnt
+    offsets = np.repeat(vq.indptr[cols] - first, cnt) + np.arange(cnt.sum())
+    mins = np.minimum(table[np.repeat(rows * width, cnt) + slot[vq.indices[offsets]]], vq.data[offsets])
+    slot[used] = 0
+    return np.add.reduceat(mins, first) if cnt.size else np.zeros(0)
+
+
+def _candidate_blocks(vq: sparse.csr_matrix, prefixes: sparse.csr_matrix, partners: sparse.csr_matrix, start: int,
+                      stop: int, products: int, slot: np.ndarray) -> Optional[List[Tuple[np.ndarray, ...]]]:
+    """The pairs of rows start..stop with d from their prefix-filtered candidates, as (row - start,
+    partner, d) parts; None when verifying them would cost more than the block's `products`
+    (the expansion's (entry, column entry) products)."""
+    pairs = (prefixes[start:stop] @ partners).tocoo()
+    lengths = np.diff(vq.indptr)
+    if lengths[pairs.col].sum() * _VERIFY_COST >= products:
+        return None
+    blocks = []
+    for lo in range(0, stop - start, _TABLE_ROWS):
+        first, last = np.searchsorted(pairs.row, [lo, lo + _TABLE_ROWS])
+        rows, cols = pairs.row[first:last], pairs.col[first:last]
+        s = _verified(vq, start + lo, min(start + lo + _TABLE_ROWS, stop), rows - lo, cols, slot)
+        blocks.append((rows, cols, _distance(s)))
+    return blocks
+
+
+def _jaccard_graph(vq: sparse.csr_matrix, max_distance: float) -> sparse.csr_matrix:
+    """Sparse Jaccard graph (pairs with d < max_distance, the diagonal stored as 0) from V'
+    (`_encoding`), exact. Below max_distance 1 the rows go in blocks, each the cheaper way:
+    candidate pairs from prefix filtering (`_prefixes`), each verified (`_verified`); or all pairs
+    that share a column (`_overlaps`), whose count grows with the square of the hub columns."""
     if not max_distance > 0:
         raise ValueError(f"max_distance must be > 0, got {max_distance}")
-    n = x.shape[0]
-    vq = _encoding(x, nbr, nbr_sim, k1, k2)
-
-    # s(i, j) = sum_k min(V'[i, k], V'[j, k]) over shared columns k: expand every stored V'[i, k]
-    # against column k's entries (an inverted index) and sum the minima per (i, j).
+    n = vq.shape[0]
+    vq.sort_indices()
     vc = vq.tocsc()
-    vc.indices = vc.indices.astype(np.int32)  # halves the traffic of the per-row sorts below
-    col_nnz = np.diff(vc.indptr)
-    row_cost = np.cumsum(np.add.reduceat(col_nnz[vq.indices], vq.indptr[:-1]))
+    vc.indices = vc.indices.astype(np.int32)  # halves the traffic of the per-row sorts
+    products = np.cumsum(np.add.reduceat(np.diff(vc.indptr)[vq.indices], vq.indptr[:-1]))
+    # d < max_distance needs s > 2 (1 - max_distance) / (2 - max_distance); the margin keeps
+    # pairs that float rounding of the prefix masses could drop
+    threshold = 2.0 * (1.0 - max_distance) / (2.0 - max_distance) - 1e-9
+    prefixes = _prefixes(vq, threshold) if threshold > 0 else None
+    partners = prefixes.T.tocsr() if prefixes is not None else None
+    slot = np.zeros(n, dtype=np.int64)
     indptr, indices, data = [np.zeros(1, dtype=np.int64)], [], []
-    smallest = np.ones((n, ranks))
     start = 0
     while start < n:
-        done = row_cost[start - 1] if start else 0
-        stop = max(int(np.searchsorted(row_cost, done + _OVERLAP_CHUNK, side="right")), start + 1)
-        lo, hi = vq.indptr[start], vq.indptr[stop]
-        ent_cols = vq.indices[lo:hi]
-        cnt = col_nnz[ent_cols]
-        offsets = np.repeat(vc.indptr[ent_cols] - (np.cumsum(cnt) - cnt), cnt) + np.arange(cnt.sum())
-        mins = np.minimum(np.repeat(vq.data[lo:hi], cnt), vc.data[offsets])
-        # The products come out grouped by row already: build the CSR block directly and let
-        # scipy sort each row and sum the duplicate (i, j) entries.
-        pair_ptr = np.zeros(stop - start + 1, dtype=np.int64)
-        np.cumsum(np.add.reduceat(cnt, vq.indptr[start:stop] - lo), out=pair_ptr[1:])
-        s = sparse.csr_matrix((mins, vc.indices[offsets], pair_ptr), shape=(stop - start, n))
-        s.sum_duplicates()
-        del mins, offsets
-        block_rows = np.repeat(np.arange(start, stop), np.diff(s.indptr))
-        d = np.maximum(1.0 - s.data / (2.0 - s.data), 0.0)
-        d[s.indices == block_rows] = 0.0
-        if ranks:
-            ordered = d[np.argsort((block_rows - start) * 2.0 + d)]  # by row, then by d in [0, 1]
-            for t in range(ranks):
-                pos = s.indptr[:-1] + t
-                has = pos < s.indptr[1:]
-                smallest[start:stop, t][has] = ordered[pos[has]]
+        done = products[start - 1] if start else 0
+        stop = max(int(np.searchsorted(products, done + _OVERLAP_CHUNK, side="right")), start + 1)
+        blocks = None if prefixes is None else \
+            _candidate_blocks(vq, prefixes, partners, start, stop, products[stop - 1] - done, slot)
+        if blocks is None:
+            s = _overlaps(vq[start:stop], vc)
+            pair_rows, pair_cols, d = np.repeat(np.arange(stop - start), np.diff(s.indptr)), s.indices, _distance(s.data)
+        else:
+            pair_rows, pair_cols, d = (np.concatenate(part) for part in zip(*blocks))
+        d[pair_rows + start == pair_cols] = 0.0
         keep = d < max_distance
-        indptr.append(indptr[-1][-1] + np.cumsum(np.add.reduceat(keep.astype(np.int64), s.indptr[:-1])))
-        indices.append(s.indices[keep])
+        indptr.append(indptr[-1][-1] + np.cumsum(np.bincount(pair_rows[keep], minlength=stop - start)))
+        indices.append(pair_cols[keep])
         data.append(d[keep])
         start = stop
-    graph = sparse.csr_matrix(
-        (np.concatenate(data), np.concatenate(indices), np.concatenate(indptr)), shape=(n, n))
-    return graph, smallest
+    graph = sparse.csr_matrix((np.concatenate(data), np.concatenate(indices), np.concatenate(indptr)), shape=(n, n))
+    graph.sort_indices()
+    return graph
+
+
+def _smallest_distances(vq: sparse.csr_matrix, rows: np.ndarray, ranks: int) -> np.ndarray:
+    """[len(rows), ranks]: each of `rows`' `ranks` smallest Jaccard distances counting itself (1.0
+    where a row shares columns with fewer rows), from all the rows sharing a column with it."""
+    s = _overlaps(vq[rows], vq.tocsc())
+    local = np.repeat(np.arange(rows.size), np.diff(s.indptr))
+    d = _distance(s.data)
+    d[s.indices == rows[local]] = 0.0
+    ordered = d[np.argsort(local * 2.0 + d)]  # by row, then by d in [0, 1]
+    out = np.ones((rows.size, ranks))
+    for rank in range(ranks):
+        pos = s.indptr[:-1] + rank
+        has = pos < s.indptr[1:]
+        out[has, rank] = ordered[pos[has]]
+    return out
 
 
 def jaccard_distance(
@@ -319,7 +412,7 @@ def jaccard_distance(
     search = _search(knn_backend)
     plan = search.plan(x, k1)
     nbr, nbr_sim = search.complete(*_knn(x, max(k1, k2), search, plan=plan), plan)
-    return _jaccard_graph(x.cpu().numpy(), nbr, nbr_sim, k1, k2, max_distance)[0]
+    return _jaccard_graph(_encoding(x.cpu().numpy(), nbr, nbr_sim, k1, k2), max_distance)
 
 
 def camera_proxies(cluster_labels: ArrayLike, cams: ArrayLike) -> np.ndarray:
@@ -381,9 +474,10 @@ def pseudo_labels(
 
     When `stats` is a dict it receives (on process 0) flat float scalars for logging (e.g. to
     TensorBoard): num_clusters, num_outliers, num_proxies, outlier_ratio, num_pairs (neighbour
-    pairs, self excluded), seconds, and the 10/50/90% quantiles of each point's nearest non-self
-    distance (nn_dist_p10 ...) and of its core distance, the distance to its min_samples-th
-    nearest point counting itself, which must be <= eps for a core point (core_dist_p10 ...);
+    pairs, self excluded), seconds, and the 10/50/90% quantiles, over 2,000 sampled points (all
+    of them when fewer), of each point's nearest non-self distance (nn_dist_p10 ...) and of its
+    core distance, the distance to its min_samples-th nearest point counting itself, which must be
+    <= eps for a core point (core_dist_p10 ...);
     per stage (knn, jaccard, dbscan, proxies) its seconds and peak memory in GB
     (`<stage>_seconds`, `<stage>_host_gb`, on Linux, and `<stage>_device_gb` of torch's CUDA
     allocator); with the approx backend (`KnnSearch.plan`) knn_cells, knn_nprobe, knn_fallback,
@@ -482,7 +576,11 @@ def _labels_from_neighbours(
     n = x.shape[0]
     radius = eps + EPS_TOLERANCE
     with _stage("jaccard", values):
-        graph, smallest = _jaccard_graph(x, nbr, nbr_sim, k1, k2, radius, ranks=max(min_samples, 2))
+        vq = _encoding(x, nbr, nbr_sim, k1, k2)
+        graph = _jaccard_graph(vq, radius)
+        sampled = sample_rows(n, _STATS_ROWS, 0)
+        smallest = _smallest_distances(vq, sampled, max(min_samples, 2))
+        del vq
     nearest, core = smallest[:, 1], smallest[:, min_samples - 1]
     num_pairs = graph.nnz - n
     with _stage("dbscan", values):
@@ -497,8 +595,11 @@ def _labels_from_neighbours(
     if num_clusters == 0:
         usable = np.sort(core[core < 1.0])
         if usable.size:
-            hint = (f"eps = {np.ceil(usable[(usable.size - 1) // 10] * 100) / 100:.2f} would make at least "
-                    f"{100 * (usable.size // 10 + 1) / n:.1f}% of the points core points")
+            suggested = np.ceil(usable[(usable.size - 1) // 10] * 100) / 100
+            share = 100 * (usable.size // 10 + 1) / sampled.size
+            hint = (f"eps = {suggested:.2f} would make at least {share:.1f}% of the points core points"
+                    if sampled.size == n else f"eps = {suggested:.2f} would make about {share:.1f}% of the "
+                    f"points core points (measured on {sampled.size} sampled points)")
         else:
             hint = ("no eps < 1 can form a cluster: no point shares its neighbourhood with min_samples - 1 "
                     "others; lower min_samples or raise k1")
