@@ -4,6 +4,7 @@
     python tools/make_synthetic.py                      # the default set: 6 cameras, 200 + 100 ids
     python tools/make_synthetic.py --occluded --seed 1  # occluded queries, another draw
     python tools/make_synthetic.py --colour-cast 6 --background-contrast 1  # strong camera bias
+    python tools/make_synthetic.py --view-bias 1 --camera-occluders 0.5     # views and occluders per camera
 
 The set lands in `<root>/SyntheticReID/<name>`, where the name encodes the parameters, and is
 what `DATASETS.NAMES ("SyntheticReID",)` with the same DATASETS.SYNTHETIC.* values reads.
@@ -34,14 +35,19 @@ def main() -> None:
                         help="contrast of each camera's scenery (0 flat grey, 0.15 default, 1 full)")
     parser.add_argument("--blur-noise", type=float, default=BIAS_DEFAULTS["blur_noise"],
                         help="factor on each camera's blur and sensor noise (1 default)")
+    for key, help in (("view_bias", "chance that an image shows its camera's preferred view (0 default, to 1)"),
+                      ("scale_bias", "each camera's person scale and position (0 default, to 1)"),
+                      ("low_resolution", "each camera downsamples by 1 + this x (1 to 3) (0 default, to 4)"),
+                      ("camera_occluders", "chance of each camera's own occluder in front of the legs (0 default, to 1)"),
+                      ("colour_response", "each camera's channel gammas, hue and saturation (0 default, to 3)")):
+        parser.add_argument("--" + key.replace("_", "-"), type=float, default=BIAS_DEFAULTS[key], help=help)
     parser.add_argument("--overwrite", action="store_true", help="regenerate even if the set exists")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     params = dict(num_cameras=args.num_cameras, num_train_ids=args.num_train_ids, num_test_ids=args.num_test_ids,
                   images_per_id=args.images_per_id, occluded=args.occluded, seed=args.seed,
-                  colour_cast=args.colour_cast, background_contrast=args.background_contrast,
-                  blur_noise=args.blur_noise)
+                  **{key: getattr(args, key) for key in BIAS_DEFAULTS})
     existed = (os.path.isdir(os.path.join(args.root, "SyntheticReID", synthetic_dir_name(**params)))
                and not args.overwrite)
     start = time.perf_counter()

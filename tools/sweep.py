@@ -19,7 +19,8 @@ Methods (each run is `tools/train_net.py`, as in `make demo`):
 pretrained weights (RANDOM_INIT_RECIPE). LWTGPF runs are compared with the supervised reference
 that sees the same images (supervised_plus for plus when it was run) and with the model they
 start from (direct transfer, or random init).
-A grid point sets DATASETS.SYNTHETIC.COLOUR_CAST / BACKGROUND_CONTRAST / BLUR_NOISE; --seed sets
+A grid point sets DATASETS.SYNTHETIC.COLOUR_CAST / BACKGROUND_CONTRAST / BLUR_NOISE and the kinds
+that are off by default (VIEW_BIAS, SCALE_BIAS, LOW_RESOLUTION, CAMERA_OCCLUDERS, COLOUR_RESPONSE); --seed sets
 DATASETS.SYNTHETIC.SEED; KEY VALUE pairs after the options go to every run, last (they win). A run whose
 `result.json` records the same command is reused, so an interrupted sweep goes on where it
 stopped (a run made with another command is moved aside). The markdown table goes to stdout and
@@ -43,7 +44,9 @@ from lwtgpf.cli import load_config  # noqa: E402
 PLUS = ROOT / "configs/LWTGPF/synthetic_plus.yml"
 
 # Grid points: DATASETS.SYNTHETIC.* strengths. One bias at a time at three strengths (the
-# default set is the first strength of each), then all three at their strongest.
+# default set is the first strength of each), then several at their strongest together.
+NEW_KINDS = {"VIEW_BIAS": "view", "SCALE_BIAS": "scale", "LOW_RESOLUTION": "res", "CAMERA_OCCLUDERS": "occl",
+             "COLOUR_RESPONSE": "resp"}
 GRID: Dict[str, Dict[str, float]] = {
     "default": {},
     "cast3": {"COLOUR_CAST": 3.0},
@@ -53,6 +56,9 @@ GRID: Dict[str, Dict[str, float]] = {
     "bn2": {"BLUR_NOISE": 2.0},
     "bn3": {"BLUR_NOISE": 3.0},
     "all": {"COLOUR_CAST": 6.0, "BACKGROUND_CONTRAST": 1.0, "BLUR_NOISE": 3.0},
+    **{f"{tag}{value:g}": {key: value} for key, tag in NEW_KINDS.items() for value in (0.5, 1.0)},
+    "kinds": dict.fromkeys(NEW_KINDS, 1.0),  # the five kinds together, the older three at the default
+    "every": {"COLOUR_CAST": 6.0, "BACKGROUND_CONTRAST": 1.0, "BLUR_NOISE": 3.0, **dict.fromkeys(NEW_KINDS, 1.0)},
 }
 METHODS = ("random_init", "direct", "published", "plus", "supervised", "supervised_plus")
 CONFIGS = {"random_init": UNSUPERVISED, "direct": UNSUPERVISED, "published": UNSUPERVISED, "plus": PLUS,
@@ -141,14 +147,16 @@ def table(results: Dict[str, Dict[str, dict]], points: Sequence[str], start: str
     before = ["random init", "direct transfer"] if start == "pretrained" else ["random init"]
     lwtgpf = [f"{m} | (ARI) | vs sup. | vs {'direct' if start == 'pretrained' else 'random'}"
               for m in ("published", "plus")]
-    header = ["point", "colour cast", "background", "blur/noise", *before, *lwtgpf, "supervised",
+    header = ["point", "colour cast", "background", "blur/noise", "other kinds", *before, *lwtgpf, "supervised",
               "supervised, plus inputs"]
     columns = sum(h.count("|") + 1 for h in header)
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (columns - 1) + "|"]
     for point in points:
         strengths = GRID[point]
         row = [point, f"{strengths.get('COLOUR_CAST', 1.0):g}", f"{strengths.get('BACKGROUND_CONTRAST', 0.15):g}",
-               f"{strengths.get('BLUR_NOISE', 1.0):g}", cell(point, "random_init")]
+               f"{strengths.get('BLUR_NOISE', 1.0):g}",
+               ", ".join(f"{tag} {strengths[key]:g}" for key, tag in NEW_KINDS.items() if key in strengths) or "-",
+               cell(point, "random_init")]
         if start == "pretrained":
             row.append(cell(point, "direct"))
         for method in ("published", "plus"):

@@ -105,6 +105,12 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.DATASETS.SYNTHETIC.COLOUR_CAST = 1.0  # exponent on each camera's per-channel gains, whole image (0: none)
     _C.DATASETS.SYNTHETIC.BACKGROUND_CONTRAST = 0.15  # contrast left to each camera's scenery (1: full)
     _C.DATASETS.SYNTHETIC.BLUR_NOISE = 1.0  # factor on each camera's blur sigma and noise std
+    # Kinds of camera bias that are off (0) by default; lwtgpf/data/synthetic.py BIAS_DEFAULTS says what 1 means
+    _C.DATASETS.SYNTHETIC.VIEW_BIAS = 0.0  # chance that an image shows its camera's preferred view (front/back/side)
+    _C.DATASETS.SYNTHETIC.SCALE_BIAS = 0.0  # each camera's person scale and position (0 to 1)
+    _C.DATASETS.SYNTHETIC.LOW_RESOLUTION = 0.0  # each camera downsamples by 1 + this x (1 to 3) (0 to 4)
+    _C.DATASETS.SYNTHETIC.CAMERA_OCCLUDERS = 0.0  # chance of each camera's own occluder in front of the legs (0 to 1)
+    _C.DATASETS.SYNTHETIC.COLOUR_RESPONSE = 0.0  # each camera's channel gammas, hue and saturation (0 to 3)
     # The pretraining population (lwtgpf/data/population.py; tools/pretrain.py), disjoint from every SyntheticReID set
     _C.DATASETS.POPULATION = CN()
     _C.DATASETS.POPULATION.NUM_IDS = 2400  # people of its training split

@@ -51,6 +51,8 @@ def test_folder_name_and_marker(tiny):
     assert synthetic_dir_name(colour_cast=6, background_contrast=1.0, blur_noise=2.5, occluded=True) == \
         "c6_tr200_te100_n20_s0_cast6_bg1_bn2.5_occ"
     assert synthetic_dir_name(background_contrast=0.15, blur_noise=1) == "c6_tr200_te100_n20_s0"
+    assert synthetic_dir_name(view_bias=1, scale_bias=0.5, low_resolution=2, camera_occluders=0.25,
+                              colour_response=1) == "c6_tr200_te100_n20_s0_view1_scale0.5_res2_occl0.25_resp1"
     marker = json.loads((tiny / "synthetic.json").read_text())
     assert marker["params"] == dict(TINY, occluded=False, seed=0, **synthetic.BIAS_DEFAULTS)
     for sub in SUBDIRS:
@@ -202,11 +204,18 @@ def test_a_set_finished_by_another_process_meanwhile_is_kept(tmp_path, monkeypat
 @pytest.mark.parametrize("key,value", [("num_cameras", 1), ("num_cameras", 10), ("images_per_id", 1),
                                        ("num_train_ids", 0), ("num_test_ids", 9999), ("seed", -1),
                                        ("occluded", "yes"), ("colour_cast", -1.0), ("colour_cast", "6"),
-                                       ("background_contrast", 1.5), ("blur_noise", float("nan"))])
+                                       ("background_contrast", 1.5), ("blur_noise", float("nan")),
+                                       ("view_bias", 1.5), ("scale_bias", -0.5), ("low_resolution", 5.0),
+                                       ("camera_occluders", True), ("colour_response", float("inf"))])
 def test_bad_parameters(tmp_path, key, value):
     with pytest.raises(ValueError, match=key):
         generate_synthetic(tmp_path, **dict(TINY, **{key: value}))
     assert not (tmp_path / "SyntheticReID").exists()
+
+
+def test_unknown_strength():
+    with pytest.raises(TypeError, match="colour_gain.*expected some of colour_cast"):
+        synthetic_dir_name(colour_gain=2.0)
 
 
 def test_registered_and_readable(tiny):
@@ -313,3 +322,141 @@ def test_colour_cast_and_scenery_make_the_camera_bias_stronger(tmp_path):
     default = _camera_margin(generate_synthetic(tmp_path, **small))
     for strength in (dict(colour_cast=6.0), dict(background_contrast=1.0)):
         assert _camera_margin(generate_synthetic(tmp_path, **small, **strength)) > default + 0.2, strength
+
+
+# ---------------------------------------------------------------- the kinds that are off by default
+
+KINDS = dict(view_bias=1.0, scale_bias=1.0, low_resolution=1.0, camera_occluders=1.0, colour_response=1.0)
+
+
+def _renders(ident_pid: int, cam: "synthetic._Camera", count: int, kinds: bool = True):
+    """`count` renders of one identity by `cam` with fixed per-image streams."""
+    ident = synthetic._make_identity(0, ident_pid)
+    return [synthetic._render(ident, cam, synthetic._rng(0, 9, i), None,
+                              synthetic._rng(0, 10, i) if kinds else None) for i in range(count)]
+
+
+def test_kinds_at_zero_leave_the_camera_and_the_pixels_as_they_were():
+    """The kinds draw from streams of their own: a default camera renders the same pixels with or
+    without them, and a camera with any of them keeps every older effect."""
+    base = synthetic._make_camera(0, 2)
+    with_kinds = _renders(4, base, 3)
+    for (a, box_a), (b, box_b) in zip(with_kinds, _renders(4, base, 3, kinds=False)):
+        assert np.array_equal(a, b) and box_a == box_b
+    strong = synthetic._make_camera(0, 2, **KINDS)
+    for field in ("background", "light", "gains", "contrast", "brightness", "blur", "noise", "scale", "back_prob"):
+        assert np.array_equal(getattr(strong, field), getattr(base, field)), field
+    with pytest.raises(ValueError, match="kinds_rng"):
+        synthetic._render(synthetic._make_identity(0, 1), strong, synthetic._rng(0, 9))
+
+
+def test_view_bias_shows_the_preferred_view(monkeypatch):
+    views = []
+    draw = synthetic._draw_person
+    monkeypatch.setattr(synthetic, "_draw_person", lambda ident, rng, view: views.append(view) or draw(ident, rng, view))
+    cams = [synthetic._make_camera(0, c, view_bias=1.0) for c in range(1, 10)]
+    assert {cam.view for cam in cams} == {"front", "back", "side"}
+    for cam in cams:
+        views.clear()
+        _renders(1, cam, 6)
+        assert views == [cam.view] * 6
+    half = synthetic._make_camera(0, 1, view_bias=0.5)
+    views.clear()
+    _renders(1, half, 200)
+    today = synthetic._make_camera(0, 1)
+    preferred = np.mean([v == half.view for v in views])
+    # preferred with chance 0.5, else today's draw (back with chance back_prob)
+    expected = 0.5 + 0.5 * (today.back_prob if half.view == "back" else 1 - today.back_prob if half.view == "front" else 0)
+    assert abs(preferred - expected) < 0.12
+
+
+def test_side_view_is_narrower():
+    ident = synthetic._make_identity(0, 5)
+    widths = {view: (synthetic._draw_person(ident, synthetic._rng(0, 1), view).alpha > 0).any(0).sum()
+              for view in ("front", "side")}
+    assert widths["side"] < 0.85 * widths["front"]
+
+
+def test_scale_bias_moves_and_scales_the_person_per_camera():
+    for c in range(1, 5):
+        base, placed = synthetic._make_camera(0, c), synthetic._make_camera(0, c, scale_bias=1.0)
+        assert 0.74 <= placed.size <= 1.35 and abs(placed.shift[0]) <= 0.15 * 128 and abs(placed.shift[1]) <= 0.1 * 256
+        for (_, a), (_, b) in zip(_renders(2, base, 4), _renders(2, placed, 4)):
+            height_a, height_b = a[3] - a[1], b[3] - b[1]
+            if b[1] > 0.5 and b[3] < 127.5:  # the whole person is in the crop
+                assert height_b / height_a == pytest.approx(placed.size, rel=0.06)
+            if b[3] < 127.5:  # the feet are in the crop: they move by the camera's offset and by the
+                # lift that smaller people get, (1 - scale) x 0.1 of the canvas (stored pixels: half)
+                assert b[3] - a[3] == pytest.approx(placed.shift[1] / 2 + (1 - placed.size) * 12.8, abs=3.5)
+
+
+def _laplacian_energy(img: np.ndarray) -> float:
+    return float(np.abs(cv2.Laplacian(img.astype(np.float64), cv2.CV_64F)).mean())
+
+
+def test_low_resolution_removes_detail():
+    base = synthetic._make_camera(0, 3, blur_noise=0.0)
+    low = synthetic._make_camera(0, 3, blur_noise=0.0, low_resolution=1.0)
+    assert 2.0 <= low.resolution <= 4.0
+    for (a, _), (b, _) in zip(_renders(6, base, 3), _renders(6, low, 3)):
+        assert _laplacian_energy(b) < 0.6 * _laplacian_energy(a)
+        # what is left is the image seen at the lower resolution: a down-up round trip keeps it
+        size = (round(64 / low.resolution), round(128 / low.resolution))
+        again = cv2.resize(cv2.resize(b.astype(np.float32), size, interpolation=cv2.INTER_AREA), (64, 128))
+        assert np.abs(again - b).mean() < 0.5 * np.abs(cv2.resize(cv2.resize(
+            a.astype(np.float32), size, interpolation=cv2.INTER_AREA), (64, 128)) - a).mean()
+
+
+def test_camera_occluders_hide_the_legs_at_the_camera_rate():
+    for c in range(1, 4):
+        base = synthetic._make_camera(0, c, blur_noise=0.0)
+        occ = synthetic._make_camera(0, c, blur_noise=0.0, camera_occluders=1.0)
+        assert 0.4 <= occ.occluder_prob <= 1.0
+        changed = []
+        for (a, _), (b, _) in zip(_renders(3, base, 60), _renders(3, occ, 60)):
+            assert np.array_equal(a[:58], b[:58])  # above the occluder's highest top (0.5 - 0.04 of 128)
+            changed.append(not np.array_equal(a, b))
+        assert abs(np.mean(changed) - occ.occluder_prob) < 0.15, (c, np.mean(changed), occ.occluder_prob)
+
+
+def test_grey_axis_mixing_against_its_definition():
+    identity = synthetic._grey_axis_mixing(0.0, 1.0)
+    np.testing.assert_allclose(identity, np.eye(3), atol=1e-12)
+    # a third of a turn about the grey axis sends red to green, green to blue, blue to red
+    turn = synthetic._grey_axis_mixing(2 * np.pi / 3, 1.0)
+    np.testing.assert_allclose(turn @ np.eye(3), np.roll(np.eye(3), 1, axis=0), atol=1e-12)
+    rng = np.random.default_rng(0)
+    hue, sat = rng.uniform(-1, 1), rng.uniform(0.3, 2)
+    m = synthetic._grey_axis_mixing(hue, sat)
+    np.testing.assert_allclose(m @ np.full(3, 0.7), np.full(3, 0.7), atol=1e-12)  # greys stay
+    v = rng.uniform(0, 1, 3)
+    chroma, out = v - v.mean(), m @ v - (m @ v).mean()
+    assert np.linalg.norm(out) == pytest.approx(sat * np.linalg.norm(chroma))  # saturation scales chroma
+    assert np.dot(out, chroma) / (np.linalg.norm(out) * np.linalg.norm(chroma)) == pytest.approx(np.cos(hue))
+
+
+def test_colour_response_is_not_a_per_channel_gain():
+    """The best per-channel gain explains a colour cast (up to rounding) but not the camera
+    response (gamma, hue, saturation), which grey-world balance therefore cannot undo."""
+    def gain_residual(a, b):
+        a, b = a.astype(np.float64).reshape(-1, 3), b.astype(np.float64).reshape(-1, 3)
+        keep = ((b > 0) & (b < 255)).all(1)
+        a, b = a[keep], b[keep]
+        gains = (a * b).sum(0) / (a * a).sum(0)
+        return np.abs(b - a * gains).mean()
+
+    plain = synthetic._make_camera(0, 4, colour_cast=0.0, blur_noise=0.0)
+    cast = synthetic._make_camera(0, 4, colour_cast=6.0, blur_noise=0.0)
+    response = synthetic._make_camera(0, 4, colour_cast=0.0, blur_noise=0.0, colour_response=1.0)
+    for (a, _), (b, _), (c, _) in zip(_renders(8, plain, 4), _renders(8, cast, 4), _renders(8, response, 4)):
+        assert gain_residual(a, b) < 1.0
+        assert gain_residual(a, c) > 2.0
+
+
+def test_every_kind_makes_the_camera_bias_stronger(tmp_path):
+    small = dict(num_cameras=4, num_train_ids=12, num_test_ids=1, images_per_id=8)
+    default = _camera_margin(generate_synthetic(tmp_path, **small))
+    for key, value in KINDS.items():
+        folder = generate_synthetic(tmp_path, **small, **{key: value})
+        assert json.loads((folder / "synthetic.json").read_text())["params"][key] == value
+        assert _camera_margin(folder) > default + 0.02, key

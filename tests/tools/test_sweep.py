@@ -96,9 +96,15 @@ def test_points_set_the_generator(sweep):
     assert (syn.SEED, syn.COLOUR_CAST, syn.BACKGROUND_CONTRAST, syn.BLUR_NOISE) == (3, 6.0, 1.0, 3.0)
     cfg = merged(ROOT / "configs/LWTGPF/synthetic.yml", opts=sweep.point_opts("default", 1))
     assert (cfg.DATASETS.SYNTHETIC.COLOUR_CAST, cfg.DATASETS.SYNTHETIC.BACKGROUND_CONTRAST) == (1.0, 0.15)
-    assert all(len(sweep.GRID[p]) == 1 for p in sweep.GRID if p not in ("default", "all"))
-    for key in ("COLOUR_CAST", "BACKGROUND_CONTRAST", "BLUR_NOISE"):  # three strengths of each bias
-        assert len({sweep.GRID[p].get(key) for p in sweep.GRID if p != "all"}) == 3, key
+    together = ("default", "all", "kinds", "every")
+    assert all(len(sweep.GRID[p]) == 1 for p in sweep.GRID if p not in together)
+    for key in ("COLOUR_CAST", "BACKGROUND_CONTRAST", "BLUR_NOISE", *sweep.NEW_KINDS):  # three strengths of each
+        assert len({sweep.GRID[p].get(key) for p in sweep.GRID if p not in together}) == 3, key
+    cfg = merged(ROOT / "configs/LWTGPF/synthetic.yml", opts=sweep.point_opts("every", 2))
+    syn = cfg.DATASETS.SYNTHETIC
+    assert (syn.COLOUR_CAST, syn.BACKGROUND_CONTRAST, syn.BLUR_NOISE) == (6.0, 1.0, 3.0)
+    assert [syn[key] for key in sweep.NEW_KINDS] == [1.0] * 5
+    assert sweep.point_opts("occl0.5", 1)[-2:] == ["DATASETS.SYNTHETIC.CAMERA_OCCLUDERS", "0.5"]
 
 
 def test_finished_runs_are_reused_and_the_table_is_written(sweep, tmp_path, monkeypatch, capsys):
@@ -130,7 +136,7 @@ def test_finished_runs_are_reused_and_the_table_is_written(sweep, tmp_path, monk
     assert [("MODEL.BACKBONE.PRETRAIN" in opts) for opts in evaluated] == [True, False] * 2  # random init, direct
     table = (tmp_path / "table.md").read_text()
     # published vs supervised (20 / 30), plus vs supervised_plus (24 / 40); both vs direct transfer (10)
-    assert "| cast6 | 6 | 0.15 | 1 | 5.0 | 10.0 | 20.0 | 0.25 | 67% | 2.0x | 24.0 | 0.25 | 60% | 2.4x | 30.0 | 40.0 |" \
+    assert "| cast6 | 6 | 0.15 | 1 | - | 5.0 | 10.0 | 20.0 | 0.25 | 67% | 2.0x | 24.0 | 0.25 | 60% | 2.4x | 30.0 | 40.0 |" \
         in table
     sweep.main(args)  # everything reused
     assert len(calls) == 8
@@ -145,10 +151,12 @@ def test_random_start_table_compares_with_random_init(sweep, tmp_path, monkeypat
         output_dir.mkdir(parents=True), (output_dir / "metrics.json").write_text(""),
         {"mAP": 30.0 if "Supervised" in str(config) else 15.0, "Rank-1": 1.0})[-1])
     monkeypatch.setattr(sweep, "untrained", lambda config, opts: {"mAP": 3.0, "Rank-1": 1.0})
-    sweep.main(["--start", "random", "--points", "bg1", "--output-dir", str(tmp_path)])
+    sweep.main(["--start", "random", "--points", "bg1,occl1", "--output-dir", str(tmp_path)])
     assert not (tmp_path / "bg1" / "direct").exists()
-    assert "| bg1 | 1 | 1 | 1 | 3.0 | 15.0 | - | 50% | 5.0x | 15.0 | - | 50% | 5.0x | 30.0 | - |" in \
-        (tmp_path / "table.md").read_text()
+    table = (tmp_path / "table.md").read_text()
+    assert "| occl1 | 1 | 0.15 | 1 | occl 1 | 3.0 | 15.0 | - | 50% | 5.0x | 15.0 | - | 50% | 5.0x | 30.0 | - |" in table
+    assert "| bg1 | 1 | 1 | 1 | - | 3.0 | 15.0 | - | 50% | 5.0x | 15.0 | - | 50% | 5.0x | 30.0 | - |" in \
+        table
 
 
 def test_bad_arguments(sweep):

@@ -23,6 +23,7 @@ from .datasets.market_layout import layout_tree
 from .io import read_image
 from .samplers import ClusterBalancedSampler, ProxyBalancedSampler
 from .seeding import PrivateRNGSampler, SeededBatches, derive_seed, seeded_rngs
+from .synthetic import BIAS_DEFAULTS
 from .transforms import build_test_transforms, build_train_transforms
 
 logger = logging.getLogger("fastreid." + __name__)
@@ -80,9 +81,7 @@ def dataset_kwargs(cfg: CfgNode) -> Dict[str, object]:
         "synthetic_images_per_id": syn.IMAGES_PER_ID,
         "synthetic_occluded": syn.OCCLUDED,
         "synthetic_seed": syn.SEED,
-        "synthetic_colour_cast": syn.COLOUR_CAST,
-        "synthetic_background_contrast": syn.BACKGROUND_CONTRAST,
-        "synthetic_blur_noise": syn.BLUR_NOISE,
+        **{f"synthetic_{key}": syn[key.upper()] for key in BIAS_DEFAULTS},
         "population_num_ids": pop.NUM_IDS,
         "population_num_test_ids": pop.NUM_TEST_IDS,
         "population_num_cameras": pop.NUM_CAMERAS,

@@ -31,7 +31,7 @@ __all__ = ["SyntheticPopulation", "generate_population", "population_dir_name", 
 
 _FORMAT_VERSION = 1
 # Seed purposes of the population, after SyntheticReID's 0-4: no stream of a set is ever drawn here.
-_POP_IDENTITY, _POP_CAMERA, _POP_PLAN, _POP_IMAGE, _POP_OCCLUDER, _POP_STRENGTH = range(100, 106)
+_POP_IDENTITY, _POP_CAMERA, _POP_PLAN, _POP_IMAGE, _POP_OCCLUDER, _POP_STRENGTH, _POP_IMAGE_KINDS = range(100, 107)
 # Ranges of the per-camera bias strengths: the bias grid's (tools/sweep.py), each drawn uniformly.
 STRENGTH_RANGES = {"colour_cast": (0.0, 6.0), "background_contrast": (0.0, 1.0), "blur_noise": (0.0, 3.0)}
 OCCLUDED_SHARE = 0.15  # share of the images with an occluder in front of the person
@@ -88,7 +88,8 @@ def _write_population(folder: Path, params: Dict[str, int]) -> Dict[str, int]:
         for idx, (cam, sub) in enumerate(zip(plan, subs)):
             occluder = _rng(seed, _POP_OCCLUDER, pid, idx)
             occluder = occluder if occluder.random() < OCCLUDED_SHARE else None
-            img, box = _render(ident, cameras[cam], _rng(seed, _POP_IMAGE, pid, idx), occluder)
+            img, box = _render(ident, cameras[cam], _rng(seed, _POP_IMAGE, pid, idx), occluder,
+                               _rng(seed, _POP_IMAGE_KINDS, pid, idx))
             name = f"{pid:04d}_c{cam}_{idx:06d}.jpg"
             _write_image(folder / sub / name, img)
             boxes.append((f"{sub}/{name}", *box))

@@ -6,9 +6,11 @@ varies pose, scale, crop offset and mirroring; every camera has its own backgrou
 cast, lighting, blur and noise. The camera effects are strong enough that one person looks
 more alike within a camera than across cameras, which is the problem camera-aware proxies
 address, while across cameras one person still looks more alike than two different people,
-so the task stays learnable. Three strengths make the camera bias harder (`colour_cast`,
-`background_contrast`, `blur_noise`; DATASETS.SYNTHETIC.*); at their defaults the set is the
-one the demo trains on.
+so the task stays learnable. Eight strengths make the camera bias harder (DATASETS.SYNTHETIC.*,
+`BIAS_DEFAULTS`): the colour cast, the scenery's contrast and blur/noise, and, off by default,
+each camera's preferred view (front, back or side), its person scale and position, a lower
+resolution, its own occluders in front of the legs and a non-linear colour response. At their
+defaults the set is the one the demo trains on.
 
 Images are rendered at twice the stored size with OpenCV primitives and reduced with area
 interpolation (cheap anti-aliasing), then stored as fixed-quality JPEG. Every random draw
@@ -59,7 +61,16 @@ BIAS_DEFAULTS = {
     "colour_cast": 1.0,  # exponent on every camera's per-channel gains (whole image): 0 none, 1 default, 3 moderate, 6 strong
     "background_contrast": 0.15,  # contrast left to every camera's scenery: 0 flat grey, 1 full
     "blur_noise": 1.0,  # factor on every camera's blur sigma and sensor-noise std
+    # Off by default (the demo's set is unchanged); each draws from a stream of its own.
+    "view_bias": 0.0,  # chance that an image shows its camera's preferred view (front, back or side)
+    "scale_bias": 0.0,  # each camera's person scale (x 0.74-1.35 at 1) and position (up to 15% / 10% of the crop)
+    "low_resolution": 0.0,  # each camera downsamples by 1 + strength x (1 to 3), then upsamples to the stored size
+    "camera_occluders": 0.0,  # chance (x the camera's own 0.4-1) that the camera's own object hides the legs
+    "colour_response": 0.0,  # each camera's channel gammas, hue rotation and saturation: not a per-channel gain
 }
+# The largest strength each kind accepts (where stronger would leave no person to see, or is a probability).
+_BIAS_LIMITS = {"colour_cast": np.inf, "background_contrast": 1.0, "blur_noise": np.inf, "view_bias": 1.0,
+                "scale_bias": 1.0, "low_resolution": 4.0, "camera_occluders": 1.0, "colour_response": 3.0}
 _MARKER = "synthetic.json"
 _BOXES = "person_boxes.csv"
 _SUBDIRS = ("bounding_box_train", "query", "bounding_box_test")
@@ -67,7 +78,11 @@ _SUBDIRS = ("bounding_box_train", "query", "bounding_box_test")
 # Purposes mixed into every seed, so that the streams never overlap. The pretraining population
 # (lwtgpf/data/population.py) draws from purposes of its own, so its people and cameras are
 # disjoint from every set's, whatever the seeds.
-_SEED_IDENTITY, _SEED_CAMERA, _SEED_PLAN, _SEED_IMAGE, _SEED_OCCLUDER = range(5)
+_SEED_IDENTITY, _SEED_CAMERA, _SEED_PLAN, _SEED_IMAGE, _SEED_OCCLUDER, _SEED_IMAGE_KINDS = range(6)
+# Key appended to a camera's seed for the stream of the kinds added after the first three, so that
+# those draws never shift the older ones (strength 0 renders the same bytes as before they existed).
+_CAMERA_KINDS = 1
+_VIEWS = ("front", "back", "side")
 
 # RGB palettes. Clothing colours are jittered per identity, so two identities that share
 # an entry still differ slightly.
@@ -90,16 +105,25 @@ Colour = Tuple[int, int, int]
 Paint = Union[Colour, np.ndarray]
 
 
-_BIAS_TAGS = {"colour_cast": "cast", "background_contrast": "bg", "blur_noise": "bn"}
+_BIAS_TAGS = {"colour_cast": "cast", "background_contrast": "bg", "blur_noise": "bn", "view_bias": "view",
+              "scale_bias": "scale", "low_resolution": "res", "camera_occluders": "occl", "colour_response": "resp"}
+
+
+def _strengths(given: Dict[str, float]) -> Dict[str, float]:
+    """`BIAS_DEFAULTS` updated with the `given` strengths, which must be among its keys."""
+    unknown = sorted(set(given) - set(BIAS_DEFAULTS))
+    if unknown:
+        raise TypeError(f"SyntheticReID: unknown bias strength(s) {', '.join(unknown)}; "
+                        f"expected some of {', '.join(BIAS_DEFAULTS)}")
+    return {**BIAS_DEFAULTS, **given}
 
 
 def synthetic_dir_name(num_cameras: int = 6, num_train_ids: int = 200, num_test_ids: int = 100,
-                       images_per_id: int = 20, occluded: bool = False, seed: int = 0,
-                       colour_cast: float = 1.0, background_contrast: float = 0.15, blur_noise: float = 1.0) -> str:
+                       images_per_id: int = 20, occluded: bool = False, seed: int = 0, **strengths: float) -> str:
     """Folder name of one parameter setting, e.g. `c6_tr200_te100_n20_s0` (`_occ` when occluded);
-    bias strengths other than the defaults add `_cast3`, `_bg1`, `_bn2`."""
+    bias strengths (`BIAS_DEFAULTS` keys) other than the defaults add `_cast3`, `_bg1`, `_view0.5` ..."""
     name = f"c{num_cameras}_tr{num_train_ids}_te{num_test_ids}_n{images_per_id}_s{seed}"
-    strengths = dict(colour_cast=colour_cast, background_contrast=background_contrast, blur_noise=blur_noise)
+    strengths = _strengths(strengths)
     for key, tag in _BIAS_TAGS.items():
         if float(strengths[key]) != BIAS_DEFAULTS[key]:
             name += f"_{tag}{float(strengths[key]):g}"
@@ -107,8 +131,7 @@ def synthetic_dir_name(num_cameras: int = 6, num_train_ids: int = 200, num_test_
 
 
 def _check_params(num_cameras: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
-                  occluded: bool, seed: int, colour_cast: float = 1.0, background_contrast: float = 0.15,
-                  blur_noise: float = 1.0) -> None:
+                  occluded: bool, seed: int, strengths: Dict[str, float]) -> None:
     def fail(name: str, key: str, value, expected: str) -> None:
         raise ValueError(f"SyntheticReID: {name} (config DATASETS.SYNTHETIC.{key}) is {value!r}; "
                          f"expected {expected}")
@@ -136,9 +159,8 @@ def _check_params(num_cameras: int, num_train_ids: int, num_test_ids: int, image
         fail("images_per_id", "IMAGES_PER_ID", images_per_id, "at least 2 (two cameras per identity)")
     if seed < 0:
         fail("seed", "SEED", seed, "a non-negative integer")
-    for name, key, value, top in (("colour_cast", "COLOUR_CAST", colour_cast, np.inf),
-                                  ("background_contrast", "BACKGROUND_CONTRAST", background_contrast, 1.0),
-                                  ("blur_noise", "BLUR_NOISE", blur_noise, np.inf)):
+    for name, value in strengths.items():
+        key, top = name.upper(), _BIAS_LIMITS[name]
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             fail(name, key, value, "a number")
         if not (np.isfinite(value) and 0 <= value <= top):
@@ -236,6 +258,18 @@ class _Camera:
     noise: float  # sensor noise std on the stored image
     scale: float  # how large people appear in this view
     back_prob: float  # chance of seeing a person from behind
+    # The kinds that are off by default (their strengths 0 leave these at no effect):
+    view: str = "front"  # the view this camera prefers (front, back or side)
+    view_prob: float = 0.0  # chance that an image shows it
+    size: float = 1.0  # factor on the person's scale
+    shift: Tuple[float, float] = (0.0, 0.0)  # the person's offset in canvas pixels (x, y)
+    resolution: float = 1.0  # downsampling factor of the stored image
+    occluder_prob: float = 0.0  # chance that the camera's own occluder stands in front of the legs
+    occluder_kind: str = "low"  # low (a car, a bench), railing or bush
+    occluder_colour: Colour = (128, 128, 128)
+    occluder_top: float = 0.6  # where the occluder begins, as a share of the canvas height
+    gamma: Optional[np.ndarray] = None  # per-channel exponent on the image in [0, 1]
+    mixing: Optional[np.ndarray] = None  # [3, 3] hue rotation and saturation about the grey axis
 
 
 def _make_background(rng: np.random.Generator, contrast: float) -> np.ndarray:
@@ -302,10 +336,37 @@ def _draw_structure(rng: np.random.Generator, img: np.ndarray, horizon: int) -> 
                       _as_colour(bright), -1)
 
 
+def _grey_axis_mixing(hue: float, saturation: float) -> np.ndarray:
+    """[3, 3] RGB matrix that rotates hue by `hue` radians about the grey axis and scales the
+    distance from it by `saturation` (greys stay as they are)."""
+    a = np.full(3, 1 / np.sqrt(3))
+    grey = np.outer(a, a)
+    cross = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    rotation = np.cos(hue) * np.eye(3) + np.sin(hue) * cross + (1 - np.cos(hue)) * grey
+    return grey + saturation * (rotation - grey)
+
+
 def _make_camera(seed: int, cam: int, colour_cast: float = 1.0, background_contrast: float = 0.15,
-                 blur_noise: float = 1.0, purpose: int = _SEED_CAMERA) -> _Camera:
+                 blur_noise: float = 1.0, view_bias: float = 0.0, scale_bias: float = 0.0, low_resolution: float = 0.0,
+                 camera_occluders: float = 0.0, colour_response: float = 0.0, purpose: int = _SEED_CAMERA) -> _Camera:
     """Camera `cam`; the strengths scale its effects without changing any random draw, so sets
     that differ only in strengths show the same people, poses and scenes."""
+    kinds = _rng(seed, purpose, cam, _CAMERA_KINDS)
+    view = str(kinds.choice(_VIEWS))
+    size, dx, dy, res = kinds.uniform(-1, 1, 4)
+    occluder = (kinds.uniform(0.4, 1.0), str(kinds.choice(["low", "railing", "bush"])),
+                _as_colour(_jitter(kinds, _CLOTHES[kinds.integers(len(_CLOTHES))], 20)), kinds.uniform(0.5, 0.75))
+    gamma, hue, saturation = kinds.uniform(-0.4, 0.4, 3), kinds.uniform(-1, 1), kinds.uniform(-0.6, 0.4)
+    extra = dict(
+        view=view, view_prob=float(view_bias), size=float(np.exp(0.3 * scale_bias * size)),
+        shift=(float(0.15 * scale_bias * dx * _CW), float(0.1 * scale_bias * dy * _CH)),
+        resolution=float(1 + low_resolution * (2 + res)), occluder_prob=float(camera_occluders * occluder[0]),
+        occluder_kind=occluder[1], occluder_colour=occluder[2], occluder_top=float(occluder[3]))
+    if colour_response > 0:
+        extra.update(gamma=np.exp(colour_response * gamma).astype(np.float32),
+                     mixing=_grey_axis_mixing(np.deg2rad(30) * colour_response * hue,
+                                              float(np.exp(colour_response * saturation))).astype(np.float32))
+
     rng = _rng(seed, purpose, cam)
     background = _make_background(rng, background_contrast)
     # Directional light: a linear ramp across the frame in a random direction.
@@ -324,6 +385,7 @@ def _make_camera(seed: int, cam: int, colour_cast: float = 1.0, background_contr
         noise=float(rng.uniform(1.0, 8.0)) * blur_noise,
         scale=float(rng.uniform(0.88, 1.02)),
         back_prob=float(rng.uniform(0.0, 1.0)),
+        **extra,
     )
 
 
@@ -358,9 +420,12 @@ def _limb(layer: _Layer, paint: Paint, start: Tuple[float, float], end: Tuple[fl
     layer.paint(paint, lambda img, c: cv2.line(img, _pt(*start), _pt(*end), c, t))
 
 
-def _draw_person(ident: _Identity, rng: np.random.Generator, back_view: bool) -> _Layer:
-    """Draw one upright person, feet near the canvas bottom, in a random walking phase."""
+def _draw_person(ident: _Identity, rng: np.random.Generator, view: str) -> _Layer:
+    """Draw one upright person, feet near the canvas bottom, in a random walking phase, seen from
+    the front, the back or the side (facing right: narrower, arms from one shoulder, the
+    backpack behind, the hair on the back of the head)."""
     layer = _Layer()
+    back_view, side_view = view == "back", view == "side"
     u = _CH * ident.height
     cx, top = _CW / 2, _CH - 6 - u
     phase = rng.uniform(-1, 1)
@@ -373,10 +438,13 @@ def _draw_person(ident: _Identity, rng: np.random.Generator, back_view: bool) ->
     sh_w, hip_w = 0.115 * u * ident.build, 0.085 * u * ident.build
     leg_w, arm_w = 0.07 * u * ident.build, 0.05 * u * ident.build
     leg_len, arm_len = 0.44 * u, 0.36 * u
+    if side_view:
+        sh_w, hip_w = sh_w * 0.55, hip_w * 0.6
+    back = -0.4 * head_rx if side_view else 0.0  # where hair falls, relative to the head's centre
 
     if ident.hair_long:  # hair falling behind the shoulders
         layer.paint(ident.hair, lambda img, c: cv2.ellipse(
-            img, _pt(cx, top + 0.12 * u), _pt(head_rx * 1.15, 0.1 * u), 0, 0, 360, c, -1))
+            img, _pt(cx + back, top + 0.12 * u), _pt(head_rx * 1.15, 0.1 * u), 0, 0, 360, c, -1))
 
     # Legs, then shoes; the far leg and near leg swing opposite ways.
     for side, swing in ((-1, leg_swing), (1, -leg_swing)):
@@ -409,10 +477,16 @@ def _draw_person(ident: _Identity, rng: np.random.Generator, back_view: bool) ->
     if ident.bag == "backpack" and back_view:
         layer.paint(ident.bag_colour, lambda img, c: cv2.rectangle(
             img, _pt(cx - sh_w * 0.75, sh_y + 0.03 * u), _pt(cx + sh_w * 0.75, sh_y + 0.3 * u), c, -1))
+    elif ident.bag == "backpack" and side_view:
+        layer.paint(ident.bag_colour, lambda img, c: cv2.rectangle(
+            img, _pt(cx - sh_w - 0.08 * u, sh_y + 0.03 * u), _pt(cx - sh_w * 0.3, sh_y + 0.3 * u), c, -1))
 
     for side, swing in ((-1, arm_swing), (1, -arm_swing)):
-        shoulder = (cx + side * (sh_w - arm_w * 0.5), sh_y + arm_w * 0.5)
-        angle = swing + side * np.deg2rad(8)  # arms hang slightly away from the body
+        if side_view:  # both arms swing from the one shoulder that is seen
+            shoulder, angle = (cx, sh_y + arm_w * 0.5), 2 * swing
+        else:
+            shoulder = (cx + side * (sh_w - arm_w * 0.5), sh_y + arm_w * 0.5)
+            angle = swing + side * np.deg2rad(8)  # arms hang slightly away from the body
         hand = (shoulder[0] + arm_len * np.sin(angle), shoulder[1] + arm_len * np.cos(angle))
         if ident.sleeves_long:
             _limb(layer, ident.upper, shoulder, hand, arm_w)
@@ -426,7 +500,7 @@ def _draw_person(ident: _Identity, rng: np.random.Generator, back_view: bool) ->
                 img, _pt(h[0] - 0.04 * u, h[1]), _pt(h[0] + 0.04 * u, h[1] + 0.09 * u), c, -1))
 
     strap_w = max(2, int(0.015 * u))
-    if ident.bag == "backpack" and not back_view:
+    if ident.bag == "backpack" and view == "front":
         for s in (-1, 1):
             layer.paint(ident.bag_colour, lambda img, c, s=s: cv2.line(
                 img, _pt(cx + s * sh_w * 0.55, sh_y), _pt(cx + s * sh_w * 0.5, sh_y + 0.22 * u), c, strap_w))
@@ -445,6 +519,10 @@ def _draw_person(ident: _Identity, rng: np.random.Generator, back_view: bool) ->
     if back_view:
         layer.paint(ident.hair, lambda img, c: cv2.ellipse(
             img, _pt(head_c[0], head_c[1] - 1), _pt(head_rx * 1.05, head_ry * 1.02), 0, 0, 360, c, -1))
+    elif side_view:  # the face looks right: hair covers the top and the back of the head
+        layer.paint(ident.hair, lambda img, c: cv2.ellipse(
+            img, _pt(head_c[0] + back, head_c[1] - 0.15 * head_ry), _pt(head_rx * 0.8, head_ry * 0.95),
+            0, 0, 360, c, -1))
     else:
         layer.paint(ident.hair, lambda img, c: cv2.ellipse(
             img, _pt(head_c[0], head_c[1] - 0.2 * head_ry), _pt(head_rx * 1.05, head_ry * 0.95), 0, 180, 360, c, -1))
@@ -478,13 +556,42 @@ def _draw_occluder(rng: np.random.Generator, img: np.ndarray) -> None:
         cv2.rectangle(img, (x - w // 2, 0), (x + w // 2, _CH), _as_colour(colour), -1)
 
 
+def _draw_camera_occluder(cam: _Camera, rng: np.random.Generator, img: np.ndarray) -> None:
+    """The camera's own object in front of the legs, placed anew in every image (`rng`)."""
+    top = int(_CH * (cam.occluder_top + rng.uniform(-0.04, 0.04)))
+    x0 = int(_CW * rng.uniform(-0.5, 0.1))
+    x1 = x0 + int(_CW * rng.uniform(0.9, 1.4))
+    colour = np.array(cam.occluder_colour, dtype=np.float32)
+    if cam.occluder_kind == "low":  # a car, a bench
+        cv2.rectangle(img, (x0, top), (x1, _CH), _as_colour(colour), -1)
+        cv2.rectangle(img, (x0 + 6, top + 6), (x1 - 6, top + 18), _as_colour(colour * 0.6), -1)
+    elif cam.occluder_kind == "railing":
+        for y in (top, top + int(0.12 * _CH)):
+            cv2.line(img, (0, y), (_CW - 1, y), _as_colour(colour), 6)
+        for x in range(x0 % 24, _CW, 24):
+            cv2.line(img, (x, top), (x, _CH - 1), _as_colour(colour * 0.8), 4)
+    else:  # a bush
+        cv2.ellipse(img, ((x0 + x1) // 2, _CH), ((x1 - x0) // 2, _CH - top), 0, 180, 360, _as_colour(colour), -1)
+
+
 def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator,
-            occluder_rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, Tuple[float, ...]]:
+            occluder_rng: Optional[np.random.Generator] = None,
+            kinds_rng: Optional[np.random.Generator] = None) -> Tuple[np.ndarray, Tuple[float, ...]]:
     """One stored crop (RGB uint8, IMAGE_SIZE) of `ident` seen by `cam`, and the person's box
-    (x0, y0, x1, y1) in stored pixels: the extent of the body's coverage (occluders aside)."""
-    layer = _draw_person(ident, rng, back_view=bool(rng.random() < cam.back_prob))
+    (x0, y0, x1, y1) in stored pixels: the extent of the body's coverage (occluders aside).
+    `kinds_rng` draws the per-image part of the kinds that are off by default (the view, the
+    camera's occluder); it is needed when `cam` has any of them."""
+    view = "back" if rng.random() < cam.back_prob else "front"
+    occluded = False
+    if kinds_rng is not None:  # always the same draws, whatever the strengths
+        preferred, occluded = kinds_rng.random(2) < (cam.view_prob, cam.occluder_prob)
+        view = cam.view if preferred else view
+        occluder_place = np.random.default_rng(kinds_rng.integers(2 ** 63))
+    elif cam.view_prob > 0 or cam.occluder_prob > 0:
+        raise ValueError("_render: a camera with a preferred view or its own occluders needs kinds_rng")
+    layer = _draw_person(ident, rng, view)
     # Person coordinates -> canvas: mirror, lean about the feet, scale, shift.
-    scale = cam.scale * rng.uniform(0.9, 1.06)
+    scale = cam.scale * rng.uniform(0.9, 1.06) * cam.size
     lean = rng.normal(0, 2.5)
     feet = (_CW / 2, _CH - 6)
     m = cv2.getRotationMatrix2D(feet, float(np.clip(lean, -6, 6)), float(scale))
@@ -493,20 +600,29 @@ def _render(ident: _Identity, cam: _Camera, rng: np.random.Generator,
     if rng.random() < 0.5:
         m[0] = -m[0]
         m[0, 2] += _CW - 1
+    m[:, 2] += cam.shift  # after mirroring: the camera's offset keeps its side
     person = cv2.warpAffine(layer.rgb, m, (_CW, _CH), flags=cv2.INTER_LINEAR).astype(np.float32)
     alpha = cv2.warpAffine(layer.alpha, m, (_CW, _CH), flags=cv2.INTER_LINEAR).astype(np.float32)[..., None] / 255
 
     oy, ox = rng.integers(0, 2 * _BG_MARGIN + 1, 2)
     bg = cam.background[oy:oy + _CH, ox:ox + _CW]
     img = bg * (1 - alpha) + person  # `person` is premultiplied: it is zero outside the body
+    if occluded:
+        _draw_camera_occluder(cam, occluder_place, img)
     if occluder_rng is not None:
         _draw_occluder(occluder_rng, img)
 
     img = img * cam.light
     img = ((img - 128) * cam.contrast + 128 + cam.brightness) * cam.gains * rng.uniform(0.93, 1.07)
+    if cam.gamma is not None:  # the camera's response: a curve per channel, then hue and saturation
+        img = (np.clip(img / 255, 0, 1) ** cam.gamma) @ (cam.mixing.T * 255)
     if cam.blur > 0:
         img = cv2.GaussianBlur(img, (0, 0), cam.blur)
     img = cv2.resize(img, (IMAGE_SIZE[1], IMAGE_SIZE[0]), interpolation=cv2.INTER_AREA)
+    if cam.resolution > 1:
+        low = (max(1, round(IMAGE_SIZE[1] / cam.resolution)), max(1, round(IMAGE_SIZE[0] / cam.resolution)))
+        img = cv2.resize(cv2.resize(img, low, interpolation=cv2.INTER_AREA), (IMAGE_SIZE[1], IMAGE_SIZE[0]),
+                         interpolation=cv2.INTER_LINEAR)
     img = img + rng.normal(0, cam.noise, img.shape).astype(np.float32)
     rows, cols = np.nonzero(alpha[..., 0] > 0.5)
     box = (cols.min() / _SS, rows.min() / _SS, (cols.max() + 1) / _SS, (rows.max() + 1) / _SS)
@@ -554,11 +670,10 @@ def _test_plan(seed: int, pid: int, num_cameras: int) -> Tuple[List[int], List[i
 # ----------------------------------------------------------------------------- generation
 
 def _params(num_cameras: int, num_train_ids: int, num_test_ids: int, images_per_id: int, occluded: bool,
-            seed: int, colour_cast: float, background_contrast: float, blur_noise: float) -> Dict[str, object]:
+            seed: int, strengths: Dict[str, float]) -> Dict[str, object]:
     return dict(num_cameras=int(num_cameras), num_train_ids=int(num_train_ids), num_test_ids=int(num_test_ids),
                 images_per_id=int(images_per_id), occluded=bool(occluded), seed=int(seed),
-                colour_cast=float(colour_cast), background_contrast=float(background_contrast),
-                blur_noise=float(blur_noise))
+                **{key: float(value) for key, value in strengths.items()})
 
 
 def _read_marker(folder: Path) -> Optional[dict]:
@@ -593,7 +708,8 @@ def _write_set(folder: Path, params: Dict[str, object]) -> Dict[str, int]:
 
     def emit(sub: str, pid: int, ident: _Identity, cam: int, idx: int, occlude: bool) -> None:
         occluder_rng = _rng(seed, _SEED_OCCLUDER, pid, idx) if occlude else None
-        img, box = _render(ident, cameras[cam], _rng(seed, _SEED_IMAGE, pid, idx), occluder_rng)
+        img, box = _render(ident, cameras[cam], _rng(seed, _SEED_IMAGE, pid, idx), occluder_rng,
+                           _rng(seed, _SEED_IMAGE_KINDS, pid, idx))
         name = f"{pid:04d}_c{cam}_{idx:06d}.jpg"
         _write_image(folder / sub / name, img)
         boxes.append((f"{sub}/{name}", *box))
@@ -690,18 +806,16 @@ def render_once(parent: Path, name: str, params: Dict[str, object], write: Calla
 
 def generate_synthetic(root: Union[str, os.PathLike] = "datasets", num_cameras: int = 6, num_train_ids: int = 200,
                        num_test_ids: int = 100, images_per_id: int = 20, occluded: bool = False, seed: int = 0,
-                       colour_cast: float = 1.0, background_contrast: float = 0.15, blur_noise: float = 1.0,
-                       overwrite: bool = False) -> Path:
+                       overwrite: bool = False, **strengths: float) -> Path:
     """Render the synthetic set under `<root>/SyntheticReID/<name>` and return that folder.
 
-    `colour_cast`, `background_contrast` and `blur_noise` set the strength of the camera bias
-    (see `BIAS_DEFAULTS`). An existing complete set with the same parameters is reused unless
-    `overwrite` (`render_once`); `synthetic.json` in it records the parameters.
+    `strengths` (keyword arguments named as `BIAS_DEFAULTS`' keys: colour_cast, view_bias ...)
+    set the camera bias; the others keep their defaults. An existing complete set with the same
+    parameters is reused unless `overwrite` (`render_once`); `synthetic.json` in it records them.
     """
-    _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed,
-                  colour_cast, background_contrast, blur_noise)
-    params = _params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed,
-                     colour_cast, background_contrast, blur_noise)
+    strengths = _strengths(strengths)
+    _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed, strengths)
+    params = _params(num_cameras, num_train_ids, num_test_ids, images_per_id, occluded, seed, strengths)
     return render_once(Path(root) / "SyntheticReID", synthetic_dir_name(**params), params,
                        functools.partial(_write_set, params=params), "SyntheticReID", _FORMAT_VERSION,
                        _recorded_params, overwrite)
@@ -737,21 +851,21 @@ def person_box(image_path: Union[str, os.PathLike]) -> Tuple[float, float, float
 class SyntheticReID(MarketLayoutDataset):
     """Procedurally rendered pedestrians in Market-1501 layout, generated on first use.
 
-    Keyword arguments `synthetic_*` (filled from DATASETS.SYNTHETIC.*) choose the set; the
-    data lives in `<root>/SyntheticReID/<synthetic_dir_name(...)>`. Other kwargs go to
-    fast-reid's `ImageDataset`, which ignores unknown ones.
+    Keyword arguments `synthetic_*` (filled from DATASETS.SYNTHETIC.*; the bias strengths as
+    `synthetic_<BIAS_DEFAULTS key>`) choose the set; the data lives in
+    `<root>/SyntheticReID/<synthetic_dir_name(...)>`. Other kwargs go to fast-reid's
+    `ImageDataset`, which ignores unknown ones.
     """
     dataset_dir = "SyntheticReID"
     dataset_name = "synthetic"
 
     def __init__(self, root: str = "datasets", synthetic_num_cameras: int = 6, synthetic_num_train_ids: int = 200,
                  synthetic_num_test_ids: int = 100, synthetic_images_per_id: int = 20,
-                 synthetic_occluded: bool = False, synthetic_seed: int = 0, synthetic_colour_cast: float = 1.0,
-                 synthetic_background_contrast: float = 0.15, synthetic_blur_noise: float = 1.0, **kwargs) -> None:
+                 synthetic_occluded: bool = False, synthetic_seed: int = 0, **kwargs) -> None:
         self.root = root
+        strengths = {key: kwargs.pop(f"synthetic_{key}") for key in BIAS_DEFAULTS if f"synthetic_{key}" in kwargs}
         folder = generate_synthetic(
             root, num_cameras=synthetic_num_cameras, num_train_ids=synthetic_num_train_ids,
             num_test_ids=synthetic_num_test_ids, images_per_id=synthetic_images_per_id,
-            occluded=synthetic_occluded, seed=synthetic_seed, colour_cast=synthetic_colour_cast,
-            background_contrast=synthetic_background_contrast, blur_noise=synthetic_blur_noise)
+            occluded=synthetic_occluded, seed=synthetic_seed, **strengths)
         super().__init__(folder, num_cameras=synthetic_num_cameras, **kwargs)
