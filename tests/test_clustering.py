@@ -203,6 +203,75 @@ def test_pseudo_labels_match_dense_dbscan(eps, min_samples):
     assert stats["nn_dist_p50"] == pytest.approx(np.quantile(nearest, 0.5), abs=1e-9)
 
 
+def dense_camera_jaccard(x, cams, k):
+    """CA-Jaccard (docs/METHOD.md section 9) the plain way: rankings within the own camera (the
+    image first) and among the other cameras, k-reciprocal sets in each, no expansion, softmax
+    weights, query expansion over both rankings' first entries."""
+    order, sim = dense_neighbours(x)
+    n = len(x)
+    intra = [[j for j in order[i] if cams[j] == cams[i]] for i in range(n)]
+    inter = [[j for j in order[i] if cams[j] != cams[i]] for i in range(n)]
+
+    def reciprocal(rank, i, m):
+        return [j for j in rank[i][:m] if i in rank[j][:m]]
+
+    V = np.zeros((n, n))
+    for i in range(n):
+        idx = np.array(reciprocal(intra, i, k.k1_intra + 1) + reciprocal(inter, i, k.k1_inter + 1))
+        w = np.exp(-(2 - 2 * sim[i, idx]))
+        V[i, idx] = w / w.sum()
+    Vq = np.stack([V[intra[i][:k.k2_intra] + inter[i][:k.k2_inter]].mean(0) for i in range(n)])
+    s = np.stack([np.minimum(Vq[i], Vq).sum(1) for i in range(n)])
+    return np.maximum(0.0, 1 - s / (2 - s))
+
+
+@pytest.mark.parametrize("k", [clustering.CameraAwareK(), clustering.CameraAwareK(3, 7, 1, 2),
+                               clustering.CameraAwareK(30, 5, 6, 1)], ids=["default", "small", "k1_intra>camera"])
+@pytest.mark.parametrize("backend", ["torch", "faiss", "approx"])
+def test_camera_aware_jaccard_matches_dense(k, backend):
+    x, cams = blobs(n=200, seed=5)
+    cams[:3] = 7  # a camera of three images: fewer than k1_intra + 1, padded lists
+    ref = dense_camera_jaccard(x, cams, k)
+    graph = clustering.jaccard_distance(x, cams=cams, camera_aware=k, knn_backend=backend)
+    dense = np.ones(ref.shape)
+    coo = graph.tocoo()
+    dense[coo.row, coo.col] = coo.data
+    np.testing.assert_allclose(dense, ref, atol=1e-9)
+    assert (ref < 0.9).sum() > len(x) + 50  # neighbourhoods form, across cameras too
+    assert ((ref < 0.9) & (cams[:, None] != cams[None])).sum() > 50
+
+
+def test_camera_aware_jaccard_with_one_camera_uses_its_own_neighbours():
+    x, _ = blobs(n=80, seed=6)
+    cams = np.zeros(len(x), dtype=int)
+    k = clustering.CameraAwareK(5, 20, 2, 4)
+    dense = np.ones((len(x), len(x)))
+    coo = clustering.jaccard_distance(x, cams=cams, camera_aware=k).tocoo()
+    dense[coo.row, coo.col] = coo.data
+    np.testing.assert_allclose(dense, dense_camera_jaccard(x, cams, k), atol=1e-9)
+
+
+def test_camera_aware_pseudo_labels_match_dense_dbscan():
+    x, cams = blobs(n=260, seed=12)
+    k = clustering.CameraAwareK()
+    expected = DBSCAN(eps=0.6 + EPS_TOLERANCE, min_samples=4, metric="precomputed").fit_predict(
+        dense_camera_jaccard(x, cams, k))
+    plain = clustering.pseudo_labels(x, cams, eps=0.6)[0]
+    stats = {}
+    labels, proxies = clustering.pseudo_labels(x, cams, eps=0.6, camera_aware=k, stats=stats)
+    assert np.array_equal(labels, expected) and expected.max() > 3
+    assert not np.array_equal(labels, plain)  # another distance, other labels
+    assert np.array_equal(proxies, clustering.camera_proxies(expected, cams))
+    assert stats["num_clusters"] == expected.max() + 1 and stats["knn_seconds"] > 0
+
+
+def test_camera_aware_settings_are_checked():
+    with pytest.raises(ValueError, match="K1_INTER must be an integer >= 1, got 0"):
+        clustering.CameraAwareK(k1_inter=0)
+    with pytest.raises(ValueError, match="one camera id per row: got 10 rows and no camera ids"):
+        clustering.jaccard_distance(np.eye(10, dtype=np.float32) + 0.1, camera_aware=clustering.CameraAwareK())
+
+
 def test_camera_proxies_match_loop():
     rng = np.random.default_rng(2)
     labels = rng.integers(-1, 9, 300)
@@ -264,6 +333,8 @@ def worker(rank, world, init, out):
         labels = clustering.pseudo_labels(x, cams, eps=0.6, knn_backend=search, stats=stats, distributed=True)
         np.save(f"{out}/{name}_{rank}.npy", np.stack(labels))
         assert bool(stats) == (rank == 0)
+    labels = clustering.pseudo_labels(x, cams, eps=0.6, camera_aware=clustering.CameraAwareK(), distributed=True)
+    np.save(f"{out}/camera_aware_{rank}.npy", np.stack(labels))
     try:  # process 0 fails: every process raises instead of waiting for labels
         clustering.pseudo_labels(x, cams, eps=0.01, distributed=True)
     except clustering.NoClustersError:
@@ -296,6 +367,10 @@ def test_two_processes_give_the_labels_of_one(tmp_path):
         assert expected[0].max() > 3
         for rank in range(2):
             assert np.array_equal(np.load(tmp_path / f"{name}_{rank}.npy"), expected), (name, rank)
+    expected = np.stack(clustering.pseudo_labels(x, cams, eps=0.6, camera_aware=clustering.CameraAwareK()))
+    assert expected[0].max() > 3
+    for rank in range(2):
+        assert np.array_equal(np.load(tmp_path / f"camera_aware_{rank}.npy"), expected), rank
 
 
 def test_unit_float32_features_are_not_copied():

@@ -13,6 +13,7 @@ Methods (each run is `tools/train_net.py`, as in `make demo`):
   direct           its pretrained model evaluated without training (direct transfer; pretrained start only);
   published        configs/LWTGPF/synthetic.yml: the published recipe at demo size;
   plus             configs/LWTGPF/synthetic_plus.yml: the same plus the camera-bias additions;
+  ca_jaccard       configs/LWTGPF/synthetic.yml with the camera-aware Jaccard distance (CLUSTER.CAMERA_JACCARD);
   supervised       configs/Supervised/synthetic.yml (identity labels, same start, backbone and budget);
   supervised_plus  the same with the additions' input steps (INPUT.GRAY_WORLD), which change its images.
 --start random runs every method from random init with the recipe the demo had before it had
@@ -60,9 +61,9 @@ GRID: Dict[str, Dict[str, float]] = {
     "kinds": dict.fromkeys(NEW_KINDS, 1.0),  # the five kinds together, the older three at the default
     "every": {"COLOUR_CAST": 6.0, "BACKGROUND_CONTRAST": 1.0, "BLUR_NOISE": 3.0, **dict.fromkeys(NEW_KINDS, 1.0)},
 }
-METHODS = ("random_init", "direct", "published", "plus", "supervised", "supervised_plus")
+METHODS = ("random_init", "direct", "published", "plus", "ca_jaccard", "supervised", "supervised_plus")
 CONFIGS = {"random_init": UNSUPERVISED, "direct": UNSUPERVISED, "published": UNSUPERVISED, "plus": PLUS,
-           "supervised": SUPERVISED, "supervised_plus": SUPERVISED}
+           "ca_jaccard": UNSUPERVISED, "supervised": SUPERVISED, "supervised_plus": SUPERVISED}
 # The demo's recipe before it had pretrained weights: random init, Adam, a final LayerNorm, no
 # drop path, 15 epochs x 60 iterations (docs/BENCHMARKS.md, "Learning under camera bias").
 RANDOM_INIT_RECIPE = RANDOM_INIT + [
@@ -86,6 +87,8 @@ def method_opts(method: str, start: str) -> List[str]:
         opts += RANDOM_INIT
     if method == "supervised_plus":
         opts += plus_input_opts()
+    if method == "ca_jaccard":
+        opts += ["CLUSTER.CAMERA_JACCARD.ENABLED", "True"]
     return opts
 
 
@@ -145,8 +148,8 @@ def table(results: Dict[str, Dict[str, dict]], points: Sequence[str], start: str
         return f"{vs_sup} | {vs_base}"
 
     before = ["random init", "direct transfer"] if start == "pretrained" else ["random init"]
-    lwtgpf = [f"{m} | (ARI) | vs sup. | vs {'direct' if start == 'pretrained' else 'random'}"
-              for m in ("published", "plus")]
+    variants = ["published", "plus"] + (["ca_jaccard"] if any("ca_jaccard" in r for r in results.values()) else [])
+    lwtgpf = [f"{m} | (ARI) | vs sup. | vs {'direct' if start == 'pretrained' else 'random'}" for m in variants]
     header = ["point", "colour cast", "background", "blur/noise", "other kinds", *before, *lwtgpf, "supervised",
               "supervised, plus inputs"]
     columns = sum(h.count("|") + 1 for h in header)
@@ -159,7 +162,7 @@ def table(results: Dict[str, Dict[str, dict]], points: Sequence[str], start: str
                cell(point, "random_init")]
         if start == "pretrained":
             row.append(cell(point, "direct"))
-        for method in ("published", "plus"):
+        for method in variants:
             row += [cell(point, method), cell(point, method, "last_ari", "{:.2f}"), ratios(point, method)]
         row += [cell(point, "supervised"), cell(point, "supervised_plus")]
         lines.append("| " + " | ".join(row) + " |")

@@ -7,9 +7,11 @@ whose distance is below a threshold are returned; pairs that share no expanded n
 distance exactly 1 and are never stored.
 """
 import contextlib
+import functools
 import logging
 import time
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -27,6 +29,8 @@ __all__ = [
     "jaccard_distance",
     "camera_proxies",
     "pseudo_labels",
+    "CameraAwareK",
+    "camera_aware_encoding",
 ]
 
 logger = logging.getLogger("fastreid." + __name__)
@@ -137,23 +141,33 @@ def _knn(x: torch.Tensor, k: int, search: KnnSearch, rows: Optional[torch.Tensor
     # Every row lists itself first, even among exact duplicates.
     missing_self = ~(cand == rows[:, None]).any(1)
     cand[missing_self, -1] = rows[missing_self]
-    out = torch.empty((rows.numel(), k), dtype=torch.long)
-    out_sim = torch.empty((rows.numel(), k), dtype=torch.float64)
-    step = max(1, _RERANK_CHUNK // (c * x.shape[1]))
-    for start in range(0, rows.numel(), step):
-        block, query = cand[start:start + step], rows[start:start + step]
-        sim = torch.einsum("qd,qcd->qc", x[query].double(), x[block.clamp(min=0)].double())
-        sim[block == query[:, None]] = float("inf")
-        sim[block < 0] = float("-inf")  # the approx search found fewer rows
-        # decreasing cosine, exact ties by ascending index
-        by_index = torch.sort(block, dim=1, stable=True).indices
-        order = by_index.gather(1, torch.sort(-sim.gather(1, by_index), dim=1, stable=True).indices)[:, :k]
-        out[start:start + block.shape[0]] = block.gather(1, order).cpu()
-        out_sim[start:start + block.shape[0]] = sim.gather(1, order).cpu()
+    out, out_sim = _reranked(x, rows, x, cand, k, within=True)
     short = torch.nonzero(out_sim[:, -1] == float("-inf")).flatten()
     if short.numel():  # an approx probe that saw fewer than k rows: search those exactly
         out[short], out_sim[short] = (torch.from_numpy(v) for v in _knn(x, k, KnnSearch("torch"), rows[short]))
     return out.numpy(), out_sim.numpy()
+
+
+def _reranked(queries: torch.Tensor, rows: torch.Tensor, base: torch.Tensor, cand: torch.Tensor, k: int,
+              within: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The k best of the candidate rows `cand` [Q, c] of `base` for each query queries[rows[q]],
+    by float64 cosine, decreasing, exact ties by ascending index: indices [Q, k] and cosines on
+    the CPU (-inf for -1 candidates; when `within`, base is queries and each row itself gets inf)."""
+    out = torch.empty((cand.shape[0], k), dtype=torch.long)
+    out_sim = torch.empty((cand.shape[0], k), dtype=torch.float64)
+    step = max(1, _RERANK_CHUNK // (cand.shape[1] * base.shape[1]))
+    for start in range(0, cand.shape[0], step):
+        block = cand[start:start + step]
+        query = rows[start:start + step]
+        sim = torch.einsum("qd,qcd->qc", queries[query].double(), base[block.clamp(min=0)].double())
+        if within:
+            sim[block == query[:, None]] = float("inf")
+        sim[block < 0] = float("-inf")  # the approx search found fewer rows
+        by_index = torch.sort(block, dim=1, stable=True).indices
+        order = by_index.gather(1, torch.sort(-sim.gather(1, by_index), dim=1, stable=True).indices)[:, :k]
+        out[start:start + block.shape[0]] = block.gather(1, order).cpu()
+        out_sim[start:start + block.shape[0]] = sim.gather(1, order).cpu()
+    return out, out_sim
 
 
 def knn(features: ArrayLike, k: int, backend: Union[str, KnnSearch] = "auto") -> np.ndarray:
@@ -184,13 +198,14 @@ def knn_recall(x: torch.Tensor, nbr: np.ndarray, k1: int, search: KnnSearch) -> 
 
 
 def _reciprocal(nbr: np.ndarray, m: int) -> np.ndarray:
-    """[N, m] copy of nbr[:, :m] with -1 where j in N(i, m) does not have i in N(j, m)."""
+    """[N, m] copy of nbr[:, :m] with -1 where j in N(i, m) does not have i in N(j, m) (and where
+    nbr holds -1: lists padded where fewer rows exist)."""
     nm = nbr[:, :m]
     out = np.empty_like(nm)
     for start in range(0, nm.shape[0], _ROW_CHUNK):
         block = nm[start:start + _ROW_CHUNK]
         ids = np.arange(start, start + block.shape[0])[:, None, None]
-        out[start:start + block.shape[0]] = np.where((nm[block] == ids).any(-1), block, -1)
+        out[start:start + block.shape[0]] = np.where((nm[block] == ids).any(-1) & (block >= 0), block, -1)
     return out
 
 
@@ -246,6 +261,80 @@ def _encoding(x: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, k1: int, k2: 
     vq = (q @ v).tocsr()
     vq.data /= k2
     return vq
+
+
+@dataclass(frozen=True)
+class CameraAwareK:
+    """Neighbourhood sizes of the camera-aware Jaccard distance (`camera_aware_encoding`):
+    k-reciprocal neighbours among the image's own camera (k1_intra) and among the other cameras
+    (k1_inter), query expansion over k2_intra own-camera and k2_inter other-camera neighbours."""
+    k1_intra: int = 5
+    k1_inter: int = 20
+    k2_intra: int = 2
+    k2_inter: int = 4
+
+    def __post_init__(self):
+        for name in ("k1_intra", "k1_inter", "k2_intra", "k2_inter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"CLUSTER.CAMERA_JACCARD.{name.upper()} must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def from_config(cls, cluster_cfg) -> Optional["CameraAwareK"]:
+        """The sizes under CLUSTER.CAMERA_JACCARD, None when it is off."""
+        c = cluster_cfg.CAMERA_JACCARD
+        return cls(c.K1_INTRA, c.K1_INTER, c.K2_INTRA, c.K2_INTER) if c.ENABLED else None
+
+
+def _camera_knn(x: torch.Tensor, cams: np.ndarray, k_intra: int, k_inter: int,
+                search: KnnSearch) -> Tuple[np.ndarray, ...]:
+    """Every row's neighbours within its own camera ([N, k_intra], itself first) and in the other
+    cameras ([N, k_inter]), each ordered as `knn` orders them, -1 padded where a camera has
+    fewer rows, with their float64 cosines (inf for the row itself, -inf for pads)."""
+    n = x.shape[0]
+    intra, inter = np.full((n, k_intra), -1), np.full((n, k_inter), -1)
+    intra_sim, inter_sim = np.full((n, k_intra), -np.inf), np.full((n, k_inter), -np.inf)
+    exact = search if search.exact else KnnSearch()
+    for cam in np.unique(cams):
+        own, other = np.flatnonzero(cams == cam), np.flatnonzero(cams != cam)
+        queries = x[torch.from_numpy(own).to(x.device)]
+        k = min(k_intra, own.size)
+        nbr, sim = _knn(queries, k, exact)
+        intra[own, :k], intra_sim[own, :k] = own[nbr], sim
+        if other.size:
+            base = x[torch.from_numpy(other).to(x.device)]
+            k = min(k_inter, other.size)
+            cand = exact.candidates_between(queries, base, min(k + RERANK_MARGIN, other.size))
+            nbr, sim = _reranked(queries, torch.arange(own.size, device=x.device), base, cand, k, within=False)
+            inter[own, :k], inter_sim[own, :k] = other[nbr.numpy()], sim.numpy()
+    return intra, intra_sim, inter, inter_sim
+
+
+def camera_aware_encoding(x: np.ndarray, intra: np.ndarray, intra_sim: np.ndarray, inter: np.ndarray,
+                          inter_sim: np.ndarray, k: CameraAwareK) -> sparse.csr_matrix:
+    """V' [N, N] of the camera-aware Jaccard distance (CA-Jaccard, Chen et al., CVPR 2024;
+    docs/METHOD.md section 9) from the lists of `_camera_knn` (at least k1 + 1 columns each):
+    R(i) = the k-reciprocal neighbours of i among its own camera (m = k1_intra + 1, i itself
+    counted) united with those among the other cameras (m = k1_inter + 1), with no further
+    expansion; V[i, j] = softmax over R(i) of -(2 - 2 cos(i, j)); V'[i] = the mean of V[j] over
+    the first k2_intra own-camera neighbours (i first) and the first k2_inter other-camera ones."""
+    n = x.shape[0]
+    own_sim = np.where(intra == np.arange(n)[:, None], _dot(x, x)[:, None], intra_sim)
+    lists = np.concatenate([intra[:, :k.k1_intra + 1], inter[:, :k.k1_inter + 1]], axis=1)
+    sims = np.concatenate([own_sim[:, :k.k1_intra + 1], inter_sim[:, :k.k1_inter + 1]], axis=1)
+    members = np.concatenate([_reciprocal(intra, k.k1_intra + 1), _reciprocal(inter, k.k1_inter + 1)], axis=1)
+    keep = members >= 0  # the two sets are disjoint: one camera, the others
+    rows = np.repeat(np.arange(n), keep.sum(1))
+    weights = np.exp(2.0 * sims[keep] - 2.0)  # exp(-(2 - 2cos)) lies in [e^-4, 1]
+    v = sparse.csr_matrix((weights, lists[keep], np.r_[0, np.cumsum(keep.sum(1))]), shape=(n, n))
+    v.sum_duplicates()
+    v.data /= np.repeat(np.add.reduceat(v.data, v.indptr[:-1]), np.diff(v.indptr))
+    expand = np.concatenate([intra[:, :k.k2_intra], inter[:, :k.k2_inter]], axis=1)
+    valid = expand >= 0
+    counts = valid.sum(1)
+    q = sparse.csr_matrix((np.repeat(1.0 / counts, counts), expand[valid], np.r_[0, np.cumsum(counts)]),
+                          shape=(n, n))
+    return (q @ v).tocsr()
 
 
 def _check_k(k1: int, k2: int) -> None:
@@ -397,7 +486,8 @@ def _smallest_distances(vq: sparse.csr_matrix, rows: np.ndarray, ranks: int) -> 
 
 def jaccard_distance(
     features: ArrayLike, k1: int = 20, k2: int = 6, max_distance: float = 1.0,
-    knn_backend: Union[str, KnnSearch] = "auto",
+    knn_backend: Union[str, KnnSearch] = "auto", cams: Optional[ArrayLike] = None,
+    camera_aware: Optional[CameraAwareK] = None,
 ) -> sparse.csr_matrix:
     """k-reciprocal Jaccard distance (Zhong et al., CVPR 2017) as a sparse [N, N] CSR matrix.
 
@@ -406,10 +496,20 @@ def jaccard_distance(
     stored pairs. Follows METHOD.md section 3, step 2: N(i, m) counts i first; R uses m = k1,
     H uses m = round(k1 / 2) + 1; overlaps are summed in float64. `features` [N, D] (numpy or
     torch, any device) are L2-normalised here; neighbours come from `knn(..., knn_backend)`.
+    With `camera_aware` (and the images' `cams` [N]) it is the camera-aware distance
+    (`camera_aware_encoding`) instead, and k1, k2 are not used.
     """
     _check_k(k1, k2)
     x = _normalised(features)
     search = _search(knn_backend)
+    if camera_aware is not None:
+        if cams is None or len(cams) != x.shape[0]:
+            raise ValueError(f"the camera-aware Jaccard distance needs one camera id per row: got {x.shape[0]} "
+                             f"rows and {'no' if cams is None else len(cams)} camera ids")
+        k = camera_aware
+        cam_ids = np.asarray(cams.cpu() if isinstance(cams, torch.Tensor) else cams)
+        lists = _camera_knn(x, cam_ids, max(k.k1_intra + 1, k.k2_intra), max(k.k1_inter + 1, k.k2_inter), search)
+        return _jaccard_graph(camera_aware_encoding(x.cpu().numpy(), *lists, k), max_distance)
     plan = search.plan(x, k1)
     nbr, nbr_sim = search.complete(*_knn(x, max(k1, k2), search, plan=plan), plan)
     return _jaccard_graph(_encoding(x.cpu().numpy(), nbr, nbr_sim, k1, k2), max_distance)
@@ -456,8 +556,13 @@ def pseudo_labels(
     knn_backend: Union[str, KnnSearch] = "auto",
     stats: Optional[Dict[str, float]] = None,
     distributed: bool = False,
+    camera_aware: Optional[CameraAwareK] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Cluster ids and camera-aware proxy ids [N] int64 (-1 for outliers) of `features` [N, D].
+
+    With `camera_aware` the Jaccard distance is the camera-aware one (`camera_aware_encoding`, an
+    addition beyond the original; k1 and k2 then only name the logged recall), its neighbours
+    searched exactly on process 0.
 
     DBSCAN(eps, min_samples) runs on the sparse Jaccard graph; pairs with d <= eps + 1e-6 are
     neighbours, so exact ties at eps count on every machine. Raises `NoClustersError`, with
@@ -496,6 +601,8 @@ def pseudo_labels(
     search = _search(knn_backend)
     x = _normalised(features)
     k, share = min(max(k1, k2), n), split_rows(n, world)
+    if camera_aware is not None:
+        return _camera_aware_labels(x, cams, eps, min_samples, k1, camera_aware, search, values, t0, stats, shared)
     with _stage("knn", values):
         # the approx search's parts are timed too: its plan (k-means, splits, choosing the probes),
         # the search with the re-ranking, and the reverse neighbours
@@ -525,13 +632,35 @@ def pseudo_labels(
             if plan is not None and not plan.fallback and search.recall_sample:
                 values["knn_recall"] = knn_recall(x, nbr, k1, search)
             x = x.cpu().numpy()
-            labels = _labels_from_neighbours(x, nbr, nbr_sim, cams, eps, min_samples, k1, k2, values, t0, stats)
+            encode = functools.partial(_encoding, x, nbr, nbr_sim, k1, k2)
+            labels = _labels_from_encoding(encode, n, cams, eps, min_samples, k1, values, t0, stats)
         except Exception as e:
             if not shared:
                 raise
             error = e  # the other processes wait for the labels: tell them first
     del x, nbr, nbr_sim
     return _broadcast_labels(labels, n, error) if shared else labels
+
+
+def _camera_aware_labels(x: torch.Tensor, cams: ArrayLike, eps: float, min_samples: int, k1: int, k: CameraAwareK,
+                         search: KnnSearch, values: Dict[str, float], start_time: float,
+                         stats: Optional[Dict[str, float]], shared: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """`pseudo_labels` with the camera-aware Jaccard distance: process 0 searches and clusters."""
+    labels, error = None, None
+    if not shared or dist.get_rank() == 0:
+        try:
+            cam_ids = np.asarray(cams.cpu() if isinstance(cams, torch.Tensor) else cams)
+            with _stage("knn", values):
+                lists = _camera_knn(x, cam_ids, max(k.k1_intra + 1, k.k2_intra), max(k.k1_inter + 1, k.k2_inter),
+                                    search)
+            x = x.cpu().numpy()
+            encode = functools.partial(camera_aware_encoding, x, *lists, k)
+            labels = _labels_from_encoding(encode, x.shape[0], cams, eps, min_samples, k1, values, start_time, stats)
+        except Exception as e:
+            if not shared:
+                raise
+            error = e
+    return _broadcast_labels(labels, x.shape[0], error) if shared else labels
 
 
 def _broadcast_plan(plan: Optional[IvfPlan], x: torch.Tensor) -> IvfPlan:
@@ -566,17 +695,16 @@ def _broadcast_labels(labels: Optional[Tuple[np.ndarray, np.ndarray]], n: int,
     return message[0], message[1]
 
 
-def _labels_from_neighbours(
-    x: np.ndarray, nbr: np.ndarray, nbr_sim: np.ndarray, cams: ArrayLike, eps: float, min_samples: int,
-    k1: int, k2: int, values: Dict[str, float], start_time: float, stats: Optional[Dict[str, float]] = None,
+def _labels_from_encoding(
+    encode: Callable[[], sparse.csr_matrix], n: int, cams: ArrayLike, eps: float, min_samples: int, k1: int,
+    values: Dict[str, float], start_time: float, stats: Optional[Dict[str, float]] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """The part of `pseudo_labels` after the neighbour search: Jaccard graph, DBSCAN and proxies
-    of the unit rows `x` [N, D] float32 with neighbour lists (`_knn`) `nbr` and `nbr_sim` [N, >= max(k1, k2)].
-    `values` holds the statistics gathered so far, `start_time` the call's perf_counter start."""
-    n = x.shape[0]
+    of N rows whose V' `encode()` returns (`_encoding` or `camera_aware_encoding`). `values` holds
+    the statistics gathered so far, `start_time` the call's perf_counter start."""
     radius = eps + EPS_TOLERANCE
     with _stage("jaccard", values):
-        vq = _encoding(x, nbr, nbr_sim, k1, k2)
+        vq = encode()
         graph = _jaccard_graph(vq, radius)
         sampled = sample_rows(n, _STATS_ROWS, 0)
         smallest = _smallest_distances(vq, sampled, max(min_samples, 2))

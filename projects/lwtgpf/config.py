@@ -68,6 +68,13 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.CLUSTER.PART_DTYPE = "float32"  # float32 | float16: part features kept until the epoch's proxies exist
     # Addition beyond the original: features normalised per camera before clustering
     _C.CLUSTER.CAMERA_NORM = "none"  # none (published) | center | standardize (lwtgpf/camera_norm.py)
+    # Camera-aware Jaccard distance (CA-Jaccard, CVPR 2024; docs/METHOD.md section 9), an addition: off in the original
+    _C.CLUSTER.CAMERA_JACCARD = CN()
+    _C.CLUSTER.CAMERA_JACCARD.ENABLED = False
+    _C.CLUSTER.CAMERA_JACCARD.K1_INTRA = 5  # k-reciprocal neighbours among the image's own camera
+    _C.CLUSTER.CAMERA_JACCARD.K1_INTER = 20  # ... and among the other cameras
+    _C.CLUSTER.CAMERA_JACCARD.K2_INTRA = 2  # query expansion: own-camera neighbours (the image itself first)
+    _C.CLUSTER.CAMERA_JACCARD.K2_INTER = 4  # ... and other-camera neighbours
     _C.CLUSTER.EMBEDDING_PERIOD = 0  # epochs between TensorBoard projector embeddings of training features (0: off)
     _C.CLUSTER.EMBEDDING_SAMPLES = 1000  # training images (a fixed random sample) in each embedding
 

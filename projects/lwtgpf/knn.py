@@ -98,9 +98,12 @@ def _faiss_flat_search(base: np.ndarray, queries: np.ndarray, c: int, device: to
     return index.search(queries, c)[1].astype(np.int64)
 
 
-def _torch_flat_search(x: torch.Tensor, rows: torch.Tensor, c: int) -> torch.Tensor:
-    step = max(1, min(4096, _BLOCK // x.shape[0]))
-    out = [(x[rows[i:i + step]] @ x.T).topk(c, dim=1).indices for i in range(0, rows.numel(), step)]
+def _torch_flat_search(x: torch.Tensor, rows: torch.Tensor, c: int, base: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Indices [len(rows), c] of the c rows of `base` (default: x) with the highest inner product
+    with each query x[rows]."""
+    base = x if base is None else base
+    step = max(1, min(4096, _BLOCK // base.shape[0]))
+    out = [(x[rows[i:i + step]] @ base.T).topk(c, dim=1).indices for i in range(0, rows.numel(), step)]
     return torch.cat(out)
 
 
@@ -411,6 +414,18 @@ class KnnSearch:
             return torch.from_numpy(found).to(x.device)
         centroids = plan.centroids.to(x.device)
         return _ivf_search(x, rows, c, centroids, plan.nprobe, _Cells.of(x, centroids, self.scan_dtype(x.device)))
+
+    def candidates_between(self, queries: torch.Tensor, base: torch.Tensor, c: int) -> torch.Tensor:
+        """Indices [len(queries), c] of the c rows of `base` with the highest inner product with
+        each row of `queries` (one device), searched exactly: with faiss or torch as `resolve`
+        says, with the default exact backend where this one is approx."""
+        backend = self.resolve(base.device)
+        if backend == "approx":
+            backend = KnnSearch().resolve(base.device)
+        if backend == "faiss":
+            found = _faiss_flat_search(base.cpu().numpy(), queries.cpu().numpy(), c, base.device, self.fp16)
+            return torch.from_numpy(found).to(base.device)
+        return _torch_flat_search(queries, torch.arange(queries.shape[0], device=queries.device), c, base)
 
     def describe(self, plan: Optional[IvfPlan] = None) -> str:
         if plan is None:

@@ -6,7 +6,7 @@ import torch
 from fastreid.config import get_cfg
 
 import lwtgpf  # noqa: F401
-from lwtgpf.clustering import pseudo_labels
+from lwtgpf.clustering import CameraAwareK, pseudo_labels
 from lwtgpf.config import add_lwtgpf_config
 from lwtgpf.engine.features import EpochFeatures
 from lwtgpf.engine.pseudo_labelling import label_epoch
@@ -63,3 +63,17 @@ def test_clustering_sees_normalised_features_and_the_memory_raw_ones(norm):
     memory = torch.nn.functional.normalize(labels.proxy_sums.double(), dim=2)
     torch.testing.assert_close(memory, normalised_proxy_means(features, labels.proxy), atol=1e-6, rtol=0)
     assert {"num_clusters", "num_proxies", "seconds"} <= set(labels.stats)
+
+
+def test_camera_aware_jaccard_from_the_config():
+    features, cams, _ = camera_biased_features(seed=4)
+    cfg = cluster_cfg("none")
+    cfg.merge_from_list(["CAMERA_JACCARD.ENABLED", "True", "CAMERA_JACCARD.K1_INTRA", "3",
+                         "CAMERA_JACCARD.K1_INTER", "4", "CAMERA_JACCARD.K2_INTER", "2"])
+    labels = label_epoch(features, cams, cfg)
+    cluster, proxy = pseudo_labels(features.global_all, cams, eps=0.5, min_samples=3, knn_backend="torch",
+                                   camera_aware=CameraAwareK(3, 4, 2, 2))
+    np.testing.assert_array_equal(labels.cluster, cluster)
+    np.testing.assert_array_equal(labels.proxy, proxy)
+    plain = label_epoch(features, cams, cluster_cfg("none"))
+    assert not np.array_equal(plain.cluster, labels.cluster)

@@ -77,6 +77,9 @@ def test_each_method_runs_its_config(sweep, tmp_path, monkeypatch):
         (published.MODEL.BACKBONE.PRETRAIN, published.MODEL.BACKBONE.PRETRAIN_PATH)
     assert sup_plus.INPUT.GRAY_WORLD
     assert with_keys(sup_plus, INPUT__GRAY_WORLD="False") == supervised  # the plus inputs, nothing else
+    ca = cfg["ca_jaccard"]
+    assert ca.CLUSTER.CAMERA_JACCARD.ENABLED and not published.CLUSTER.CAMERA_JACCARD.ENABLED
+    assert with_keys(ca, CLUSTER__CAMERA_JACCARD__ENABLED="False") == published  # the distance, nothing else
 
 
 def test_random_start_is_the_earlier_demo_recipe(sweep):
@@ -151,12 +154,13 @@ def test_random_start_table_compares_with_random_init(sweep, tmp_path, monkeypat
         output_dir.mkdir(parents=True), (output_dir / "metrics.json").write_text(""),
         {"mAP": 30.0 if "Supervised" in str(config) else 15.0, "Rank-1": 1.0})[-1])
     monkeypatch.setattr(sweep, "untrained", lambda config, opts: {"mAP": 3.0, "Rank-1": 1.0})
-    sweep.main(["--start", "random", "--points", "bg1,occl1", "--output-dir", str(tmp_path)])
+    sweep.main(["--start", "random", "--points", "bg1,occl1", "--output-dir", str(tmp_path),
+                "--methods", "random_init,published,plus,supervised,ca_jaccard"])
     assert not (tmp_path / "bg1" / "direct").exists()
     table = (tmp_path / "table.md").read_text()
-    assert "| occl1 | 1 | 0.15 | 1 | occl 1 | 3.0 | 15.0 | - | 50% | 5.0x | 15.0 | - | 50% | 5.0x | 30.0 | - |" in table
-    assert "| bg1 | 1 | 1 | 1 | - | 3.0 | 15.0 | - | 50% | 5.0x | 15.0 | - | 50% | 5.0x | 30.0 | - |" in \
-        table
+    lwtgpf = "15.0 | - | 50% | 5.0x | " * 3  # published, plus, ca_jaccard
+    assert f"| occl1 | 1 | 0.15 | 1 | occl 1 | 3.0 | {lwtgpf}30.0 | - |" in table
+    assert f"| bg1 | 1 | 1 | 1 | - | 3.0 | {lwtgpf}30.0 | - |" in table
 
 
 def test_bad_arguments(sweep):

@@ -23,7 +23,7 @@ from fastreid.config import CfgNode
 from fastreid.utils import comm
 
 from ..camera_norm import camera_normalise
-from ..clustering import pseudo_labels
+from ..clustering import CameraAwareK, pseudo_labels
 from ..distributed import collective_device
 from ..knn import KnnSearch
 from ..memory import proxy_sums
@@ -54,7 +54,8 @@ def label_epoch(features: EpochFeatures, cams: np.ndarray, cfg: CfgNode) -> Epoc
     stats: Dict[str, float] = {}
     clustered = camera_normalise(features.global_all, cams, cfg.CAMERA_NORM)
     cluster, proxy = pseudo_labels(clustered, cams, eps=cfg.EPS, min_samples=cfg.MIN_SAMPLES, k1=cfg.K1, k2=cfg.K2,
-                                   knn_backend=KnnSearch.from_config(cfg), stats=stats, distributed=True)
+                                   knn_backend=KnnSearch.from_config(cfg), stats=stats, distributed=True,
+                                   camera_aware=CameraAwareK.from_config(cfg))
     return EpochLabels(cluster, proxy, proxy_feature_sums(features, proxy), stats)
 
 
