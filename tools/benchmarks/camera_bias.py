@@ -37,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jaccard", default="plain", help="comma-separated: plain, camera (CLUSTER.CAMERA_JACCARD)")
     parser.add_argument("--gray-world", default="no,yes", help="comma-separated: no, yes (INPUT.GRAY_WORLD)")
     parser.add_argument("--modes", default="none,center", help="comma-separated CLUSTER.CAMERA_NORM modes")
+    parser.add_argument("--eps", default="", help="comma-separated DBSCAN radii (default: the config's CLUSTER.EPS)")
     parser.add_argument("--start", choices=sorted(START_OPTS), default="pretrained",
                         help="the demo's pretrained weights or random init")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides of the config")
@@ -54,7 +55,8 @@ def main(args: argparse.Namespace) -> None:
         cams = np.asarray([cam for _, _, cam in items])
         identity = np.unique([str(pid) for _, pid, _ in items], return_inverse=True)[1]
         features = extract_features(model.eval(), build_inference_loader(cfg, items), len(items)).global_all
-        for mode, jaccard in itertools.product(args.modes.split(","), args.jaccard.split(",")):
+        radii = [float(e) for e in args.eps.split(",")] if args.eps else [cfg.CLUSTER.EPS]
+        for mode, jaccard, eps in itertools.product(args.modes.split(","), args.jaccard.split(","), radii):
             start = time.perf_counter()
             x = camera_normalise(features, cams, mode)
             seconds = time.perf_counter() - start
@@ -64,19 +66,19 @@ def main(args: argparse.Namespace) -> None:
             c = cfg.CLUSTER
             camera_aware = CameraAwareK(c.CAMERA_JACCARD.K1_INTRA, c.CAMERA_JACCARD.K1_INTER, c.CAMERA_JACCARD.K2_INTRA,
                                         c.CAMERA_JACCARD.K2_INTER) if jaccard == "camera" else None
-            clusters, proxies = pseudo_labels(x, cams, eps=c.EPS, min_samples=c.MIN_SAMPLES, k1=c.K1, k2=c.K2,
+            clusters, proxies = pseudo_labels(x, cams, eps=eps, min_samples=c.MIN_SAMPLES, k1=c.K1, k2=c.K2,
                                               knn_backend=c.KNN, camera_aware=camera_aware)
             kept = proxies >= 0
             joined = round(cross_camera_share(clusters, proxies) * (clusters.max() + 1))
             singleton = np.where(kept, clusters, clusters.max() + 1 + np.arange(len(clusters)))
-            rows.append(f"| {point} | {len(x)} | {'yes' if gray_world else 'no'} | {mode} | {jaccard} | "
+            rows.append(f"| {point} | {len(x)} | {'yes' if gray_world else 'no'} | {mode} | {jaccard} | {eps:g} | "
                         f"{100 * (same_person & other_cam).mean():.1f}% | "
                         f"{100 * same_person.mean():.1f}% | {100 * other_cam.mean():.1f}% | "
                         f"{joined} of {clusters.max() + 1} | {100 * (~kept).mean():.0f}% | "
                         f"{adjusted_rand_score(identity, singleton):.3f} | {1000 * seconds:.1f} |")
             print(rows[-1], flush=True)
     print(f"\nShares of each training image's {args.k} nearest neighbours; clusters of the first epoch.\n")
-    print("| point | images | grey world | CAMERA_NORM | Jaccard | same person, other camera | same person "
+    print("| point | images | grey world | CAMERA_NORM | Jaccard | eps | same person, other camera | same person "
           "| other camera | clusters joining cameras | outliers | ARI | normalisation ms |")
-    print("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     print("\n".join(rows))

@@ -79,8 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k2", type=int, default=6, help="query-expansion neighbourhood")
     parser.add_argument("--knn", default="auto",
                         help="comma-separated kNN backends (auto, faiss, torch, approx, or approx:NPROBE), "
-                             "each run on its own; faiss_ivf:NPROBE times faiss's IndexIVFFlat as the kNN "
-                             "stage only")
+                             "each run on its own, with +camera: the camera-aware Jaccard distance "
+                             "(CLUSTER.CAMERA_JACCARD at its defaults); faiss_ivf:NPROBE times faiss's "
+                             "IndexIVFFlat as the kNN stage only")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the kNN search runs")
     parser.add_argument("--fp16", action="store_true", help="faiss on a GPU keeps the features in float16")
     parser.add_argument("--nlist", type=int, default=0, help="approx, faiss_ivf: k-means cells (0: derived from N)")
@@ -461,7 +462,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch
 
     import lwtgpf  # noqa: F401
-    from lwtgpf.clustering import STAGES, NoClustersError, pseudo_labels
+    from lwtgpf.clustering import STAGES, CameraAwareK, NoClustersError, pseudo_labels
     from lwtgpf.knn import KnnSearch
 
     if args.threads:
@@ -485,12 +486,16 @@ def _worker(args: argparse.Namespace) -> None:
     if args.worker == "naive":
         labels, proxies = naive_pseudo_labels(x, cams, args.eps, args.min_samples, args.k1, args.k2)
     else:
-        backend, _, nprobe = args.worker.partition(":")
+        entry, _, variant = args.worker.partition("+")
+        if variant not in ("", "camera"):
+            raise ValueError(f"--knn entry {args.worker!r}: the only variant is +camera")
+        backend, _, nprobe = entry.partition(":")
         search = KnnSearch(backend, fp16=args.fp16, nlist=args.nlist, nprobe=int(nprobe or args.nprobe),
                            recall_sample=args.recall_sample, target_recall=args.target_recall, max_scan=args.max_scan)
         try:
-            labels, proxies = pseudo_labels(x, cams, args.eps, args.min_samples, args.k1, args.k2, search, stats)
-            stats["describe"] = _describe(backend, stats)
+            labels, proxies = pseudo_labels(x, cams, args.eps, args.min_samples, args.k1, args.k2, search, stats,
+                                            camera_aware=CameraAwareK() if variant else None)
+            stats["describe"] = _describe(backend, stats) + (", camera-aware Jaccard" if variant else "")
         except NoClustersError as e:  # hard sets at small N: every point an outlier
             print(f"ours ({args.worker}): {e}", file=sys.stderr)
             labels = proxies = np.full(len(cams), -1, dtype=np.int64)
@@ -507,7 +512,7 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _run(name: str, args: argparse.Namespace, tmp: str) -> Dict[str, float]:
-    out = os.path.join(tmp, name.replace(":", "_"))
+    out = os.path.join(tmp, name.replace(":", "_").replace("+", "_"))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--out", out]
     for key in ("n", "dim", "cameras", "dist", "cache", "eps", "k1", "k2", "threads", "seed", "device", "nlist",
                 "nprobe"):
