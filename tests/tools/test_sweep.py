@@ -79,7 +79,9 @@ def test_each_method_runs_its_config(sweep, tmp_path, monkeypatch):
     assert with_keys(sup_plus, INPUT__GRAY_WORLD="False") == supervised  # the plus inputs, nothing else
     ca = cfg["ca_jaccard"]
     assert ca.CLUSTER.CAMERA_JACCARD.ENABLED and not published.CLUSTER.CAMERA_JACCARD.ENABLED
-    assert with_keys(ca, CLUSTER__CAMERA_JACCARD__ENABLED="False") == published  # the distance, nothing else
+    assert ca.CLUSTER.EPS == 0.6
+    assert with_keys(ca, CLUSTER__CAMERA_JACCARD__ENABLED="False", CLUSTER__EPS=str(published.CLUSTER.EPS),
+                     OUTPUT_DIR=published.OUTPUT_DIR) == published  # the distance and its eps, nothing else
 
 
 def test_random_start_is_the_earlier_demo_recipe(sweep):
