@@ -310,6 +310,12 @@ def _camera_knn(x: torch.Tensor, cams: np.ndarray, k_intra: int, k_inter: int,
     return intra, intra_sim, inter, inter_sim
 
 
+def _camera_lists(x: torch.Tensor, cams: ArrayLike, k: CameraAwareK, search: KnnSearch) -> Tuple[np.ndarray, ...]:
+    """`_camera_knn` lists as long as `camera_aware_encoding` needs them for sizes `k`."""
+    cam_ids = np.asarray(cams.cpu() if isinstance(cams, torch.Tensor) else cams)
+    return _camera_knn(x, cam_ids, max(k.k1_intra + 1, k.k2_intra), max(k.k1_inter + 1, k.k2_inter), search)
+
+
 def camera_aware_encoding(x: np.ndarray, intra: np.ndarray, intra_sim: np.ndarray, inter: np.ndarray,
                           inter_sim: np.ndarray, k: CameraAwareK) -> sparse.csr_matrix:
     """V' [N, N] of the camera-aware Jaccard distance (CA-Jaccard, Chen et al., CVPR 2024;
@@ -506,10 +512,8 @@ def jaccard_distance(
         if cams is None or len(cams) != x.shape[0]:
             raise ValueError(f"the camera-aware Jaccard distance needs one camera id per row: got {x.shape[0]} "
                              f"rows and {'no' if cams is None else len(cams)} camera ids")
-        k = camera_aware
-        cam_ids = np.asarray(cams.cpu() if isinstance(cams, torch.Tensor) else cams)
-        lists = _camera_knn(x, cam_ids, max(k.k1_intra + 1, k.k2_intra), max(k.k1_inter + 1, k.k2_inter), search)
-        return _jaccard_graph(camera_aware_encoding(x.cpu().numpy(), *lists, k), max_distance)
+        lists = _camera_lists(x, cams, camera_aware, search)
+        return _jaccard_graph(camera_aware_encoding(x.cpu().numpy(), *lists, camera_aware), max_distance)
     plan = search.plan(x, k1)
     nbr, nbr_sim = search.complete(*_knn(x, max(k1, k2), search, plan=plan), plan)
     return _jaccard_graph(_encoding(x.cpu().numpy(), nbr, nbr_sim, k1, k2), max_distance)
@@ -649,10 +653,8 @@ def _camera_aware_labels(x: torch.Tensor, cams: ArrayLike, eps: float, min_sampl
     labels, error = None, None
     if not shared or dist.get_rank() == 0:
         try:
-            cam_ids = np.asarray(cams.cpu() if isinstance(cams, torch.Tensor) else cams)
             with _stage("knn", values):
-                lists = _camera_knn(x, cam_ids, max(k.k1_intra + 1, k.k2_intra), max(k.k1_inter + 1, k.k2_inter),
-                                    search)
+                lists = _camera_lists(x, cams, k, search)
             x = x.cpu().numpy()
             encode = functools.partial(camera_aware_encoding, x, *lists, k)
             labels = _labels_from_encoding(encode, x.shape[0], cams, eps, min_samples, k1, values, start_time, stats)
