@@ -330,7 +330,6 @@ def camera_aware_encoding(x: np.ndarray, intra: np.ndarray, intra_sim: np.ndarra
     sims = np.concatenate([own_sim[:, :k.k1_intra + 1], inter_sim[:, :k.k1_inter + 1]], axis=1)
     members = np.concatenate([_reciprocal(intra, k.k1_intra + 1), _reciprocal(inter, k.k1_inter + 1)], axis=1)
     keep = members >= 0  # the two sets are disjoint: one camera, the others
-    rows = np.repeat(np.arange(n), keep.sum(1))
     weights = np.exp(2.0 * sims[keep] - 2.0)  # exp(-(2 - 2cos)) lies in [e^-4, 1]
     v = sparse.csr_matrix((weights, lists[keep], np.r_[0, np.cumsum(keep.sum(1))]), shape=(n, n))
     v.sum_duplicates()
