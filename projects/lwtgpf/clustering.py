@@ -347,12 +347,18 @@ def _check_k(k1: int, k2: int) -> None:
         raise ValueError(f"k-reciprocal neighbourhoods need k1 >= 1 and k2 >= 1, got k1={k1}, k2={k2}")
 
 
+def _spans(indptr: np.ndarray, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Where the stored entries of the rows (CSR) or columns (CSC) `ids` of a matrix with `indptr`
+    lie, one row's after another's, and how many each row holds."""
+    cnt = np.diff(indptr)[ids]
+    return np.repeat(indptr[ids] - (np.cumsum(cnt) - cnt), cnt) + np.arange(cnt.sum()), cnt
+
+
 def _overlaps(rows: sparse.csr_matrix, columns: sparse.csc_matrix) -> sparse.csr_matrix:
     """s [R, N]: sum_k min(rows[r, k], V'[j, k]) for every j sharing a column with row r, from
     V' as CSC (`columns`): every stored rows[r, k] is expanded against column k's entries (an
     inverted index) and the minima are summed per (r, j)."""
-    cnt = np.diff(columns.indptr)[rows.indices]
-    offsets = np.repeat(columns.indptr[rows.indices] - (np.cumsum(cnt) - cnt), cnt) + np.arange(cnt.sum())
+    offsets, cnt = _spans(columns.indptr, rows.indices)
     mins = np.minimum(np.repeat(rows.data, cnt), columns.data[offsets])
     # The products come out grouped by row already: build the CSR matrix directly and let scipy
     # sort each row and sum the duplicate (r, j) entries.
@@ -406,12 +412,10 @@ def _verified(vq: sparse.csr_matrix, start: int, stop: int, rows: np.ndarray, co
     width = used.size + 1
     table = np.zeros((stop - start) * width)
     table[np.repeat(np.arange(stop - start), np.diff(vq.indptr[start:stop + 1])) * width + slot[stored]] = vq.data[lo:hi]
-    cnt = np.diff(vq.indptr)[cols]
-    first = np.cumsum(cnt) - cnt
-    offsets = np.repeat(vq.indptr[cols] - first, cnt) + np.arange(cnt.sum())
+    offsets, cnt = _spans(vq.indptr, cols)
     mins = np.minimum(table[np.repeat(rows * width, cnt) + slot[vq.indices[offsets]]], vq.data[offsets])
     slot[used] = 0
-    return np.add.reduceat(mins, first) if cnt.size else np.zeros(0)
+    return np.add.reduceat(mins, np.cumsum(cnt) - cnt) if cnt.size else np.zeros(0)
 
 
 def _candidate_blocks(vq: sparse.csr_matrix, prefixes: sparse.csr_matrix, partners: sparse.csr_matrix, start: int,
@@ -604,38 +608,42 @@ def pseudo_labels(
     search = _search(knn_backend)
     x = _normalised(features)
     k, share = min(max(k1, k2), n), split_rows(n, world)
-    if camera_aware is not None:
-        return _camera_aware_labels(x, cams, eps, min_samples, k1, camera_aware, search, values, t0, stats, shared)
-    with _stage("knn", values):
-        # the approx search's parts are timed too: its plan (k-means, splits, choosing the probes),
-        # the search with the re-ranking, and the reverse neighbours
-        planned = time.perf_counter()
-        plan = search.plan(x, k1) if rank == 0 else None
-        if shared and not search.exact:
-            plan = _broadcast_plan(plan, x)
-        searched = time.perf_counter()
-        values["knn_plan_seconds"] = searched - planned
-        rows = torch.arange(share[rank].start, share[rank].stop)
-        nbr, nbr_sim = _knn(x, k, search, rows, plan) if rows.numel() else \
-            (np.zeros((0, k), dtype=np.int64), np.zeros((0, k)))
-        if shared:
-            nbr = all_gather_rows(torch.from_numpy(nbr), len(share[0])).numpy()
-            nbr_sim = all_gather_rows(torch.from_numpy(nbr_sim), len(share[0])).numpy()
-        completed = time.perf_counter()
-        values["knn_search_seconds"] = completed - searched
-        if rank == 0:
-            nbr, nbr_sim = search.complete(nbr, nbr_sim, plan)
-        values["knn_reverse_seconds"] = time.perf_counter() - completed
-    if plan is not None and rank == 0:
-        values.update(plan.stats())
-        logger.info(search.describe(plan))
+    plan, nbr, nbr_sim = None, None, None
+    if camera_aware is None:
+        with _stage("knn", values):
+            # the approx search's parts are timed too: its plan (k-means, splits, choosing the probes),
+            # the search with the re-ranking, and the reverse neighbours
+            planned = time.perf_counter()
+            plan = search.plan(x, k1) if rank == 0 else None
+            if shared and not search.exact:
+                plan = _broadcast_plan(plan, x)
+            searched = time.perf_counter()
+            values["knn_plan_seconds"] = searched - planned
+            rows = torch.arange(share[rank].start, share[rank].stop)
+            nbr, nbr_sim = _knn(x, k, search, rows, plan) if rows.numel() else \
+                (np.zeros((0, k), dtype=np.int64), np.zeros((0, k)))
+            if shared:
+                nbr = all_gather_rows(torch.from_numpy(nbr), len(share[0])).numpy()
+                nbr_sim = all_gather_rows(torch.from_numpy(nbr_sim), len(share[0])).numpy()
+            completed = time.perf_counter()
+            values["knn_search_seconds"] = completed - searched
+            if rank == 0:
+                nbr, nbr_sim = search.complete(nbr, nbr_sim, plan)
+            values["knn_reverse_seconds"] = time.perf_counter() - completed
+        if plan is not None and rank == 0:
+            values.update(plan.stats())
+            logger.info(search.describe(plan))
     labels, error = None, None
     if rank == 0:
         try:
+            if camera_aware is not None:  # searched exactly, on process 0 alone
+                with _stage("knn", values):
+                    lists = _camera_lists(x, cams, camera_aware, search)
             if plan is not None and not plan.fallback and search.recall_sample:
                 values["knn_recall"] = knn_recall(x, nbr, k1, search)
             x = x.cpu().numpy()
-            encode = functools.partial(_encoding, x, nbr, nbr_sim, k1, k2)
+            encode = (functools.partial(_encoding, x, nbr, nbr_sim, k1, k2) if camera_aware is None
+                      else functools.partial(camera_aware_encoding, x, *lists, camera_aware))
             labels = _labels_from_encoding(encode, n, cams, eps, min_samples, k1, values, t0, stats)
         except Exception as e:
             if not shared:
@@ -643,25 +651,6 @@ def pseudo_labels(
             error = e  # the other processes wait for the labels: tell them first
     del x, nbr, nbr_sim
     return _broadcast_labels(labels, n, error) if shared else labels
-
-
-def _camera_aware_labels(x: torch.Tensor, cams: ArrayLike, eps: float, min_samples: int, k1: int, k: CameraAwareK,
-                         search: KnnSearch, values: Dict[str, float], start_time: float,
-                         stats: Optional[Dict[str, float]], shared: bool) -> Tuple[np.ndarray, np.ndarray]:
-    """`pseudo_labels` with the camera-aware Jaccard distance: process 0 searches and clusters."""
-    labels, error = None, None
-    if not shared or dist.get_rank() == 0:
-        try:
-            with _stage("knn", values):
-                lists = _camera_lists(x, cams, k, search)
-            x = x.cpu().numpy()
-            encode = functools.partial(camera_aware_encoding, x, *lists, k)
-            labels = _labels_from_encoding(encode, x.shape[0], cams, eps, min_samples, k1, values, start_time, stats)
-        except Exception as e:
-            if not shared:
-                raise
-            error = e
-    return _broadcast_labels(labels, x.shape[0], error) if shared else labels
 
 
 def _broadcast_plan(plan: Optional[IvfPlan], x: torch.Tensor) -> IvfPlan:
