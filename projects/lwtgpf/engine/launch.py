@@ -39,7 +39,7 @@ def launch(main_func: Callable, num_processes: int, num_machines: int = 1, machi
                              "processes, so leave out --num-gpus / --num-machines and use torchrun's "
                              "--nproc-per-node / --nnodes")
         _join_from_environment(use_cuda)
-        main_func(*args)
+        _run_then_leave(main_func, args)
         return
     world_size = num_machines * num_processes
     if world_size == 1:
@@ -94,4 +94,16 @@ def _worker(local_rank, main_func, world_size, num_processes, machine_rank, dist
     if use_cuda:
         torch.cuda.set_device(local_rank)
     _set_local_group(machine_rank, num_processes, world_size)
-    main_func(*args)
+    _run_then_leave(main_func, args)
+
+
+def _run_then_leave(main_func: Callable, args: Tuple) -> None:
+    """Run `main_func`, then destroy the process group: a gloo group still alive at interpreter exit can
+    abort the process (SIGABRT, "terminate called without an active exception") after a successful run."""
+    try:
+        main_func(*args)
+        if dist.is_initialized():
+            dist.barrier()  # no process tears its group down while another still talks to it
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
