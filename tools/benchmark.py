@@ -1,7 +1,6 @@
 #!/usr/bin/env python
 """Speed, memory and accuracy benchmarks: `python tools/benchmark.py COMMAND [options]`, COMMAND one of
-eval, backbone, memory, cluster, images, onnx, heatmap, camera_bias, search, extractor, unknown_camera,
-augment.
+eval, backbone, memory, cluster, images, onnx, heatmap, camera_bias, search, extractor, unknown_camera.
 
 Each sub-command lives in `tools/benchmarks/<name>.py` (functions `add_arguments(parser)` and
 `main(args)`) and times our implementation against a plain baseline in the same run, so that
@@ -18,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lwtgpf  # noqa: E402,F401  (fastreid compatibility fixes before fastreid is imported)
 
 COMMANDS = ("eval", "backbone", "memory", "cluster", "images", "onnx", "heatmap", "camera_bias", "search",
-            "extractor", "unknown_camera", "augment")
+            "extractor", "unknown_camera")
 
 
 def main() -> None:

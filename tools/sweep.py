@@ -61,10 +61,9 @@ GRID: Dict[str, Dict[str, float]] = {
     "kinds": dict.fromkeys(NEW_KINDS, 1.0),  # the five kinds together, the older three at the default
     "every": {"COLOUR_CAST": 6.0, "BACKGROUND_CONTRAST": 1.0, "BLUR_NOISE": 3.0, **dict.fromkeys(NEW_KINDS, 1.0)},
 }
-METHODS = ("random_init", "direct", "published", "plus", "ca_jaccard", "camera_aug", "supervised", "supervised_plus")
+METHODS = ("random_init", "direct", "published", "plus", "ca_jaccard", "supervised", "supervised_plus")
 CONFIGS = {"random_init": UNSUPERVISED, "direct": UNSUPERVISED, "published": UNSUPERVISED, "plus": PLUS,
-           "ca_jaccard": UNSUPERVISED, "camera_aug": UNSUPERVISED, "supervised": SUPERVISED,
-           "supervised_plus": SUPERVISED}
+           "ca_jaccard": UNSUPERVISED, "supervised": SUPERVISED, "supervised_plus": SUPERVISED}
 # The demo's recipe before it had pretrained weights: random init, Adam, a final LayerNorm, no
 # drop path, 15 epochs x 60 iterations (docs/BENCHMARKS.md, "Learning under camera bias").
 RANDOM_INIT_RECIPE = RANDOM_INIT + [
@@ -76,9 +75,6 @@ START_OPTS = {"pretrained": [], "random": RANDOM_INIT_RECIPE}
 # eps 0.5 it left 85-93% of the first epoch's images outliers on seed 0, at 0.6 67-79%, as the
 # plain distance at 0.5 (docs/BENCHMARKS.md, "Camera bias beyond colour gains").
 CA_JACCARD_OPTS = ["CLUSTER.CAMERA_JACCARD.ENABLED", "True", "CLUSTER.EPS", "0.6"]
-# Camera-like jitter in training (lwtgpf/data/camera_augment.py at its defaults) with fast-reid's
-# colour jitter for hue and saturation (its defaults too).
-CAMERA_AUG_OPTS = ["INPUT.CAMERA_AUG.ENABLED", "True", "INPUT.CJ.ENABLED", "True"]
 
 
 def plus_input_opts() -> List[str]:
@@ -97,8 +93,6 @@ def method_opts(method: str, start: str) -> List[str]:
         opts += plus_input_opts()
     if method == "ca_jaccard":
         opts += CA_JACCARD_OPTS
-    if method == "camera_aug":
-        opts += CAMERA_AUG_OPTS
     return opts
 
 
@@ -158,7 +152,7 @@ def table(results: Dict[str, Dict[str, dict]], points: Sequence[str], start: str
         return f"{vs_sup} | {vs_base}"
 
     before = ["random init", "direct transfer"] if start == "pretrained" else ["random init"]
-    variants = ["published", "plus"] + [m for m in ("ca_jaccard", "camera_aug") if any(m in r for r in results.values())]
+    variants = ["published", "plus"] + (["ca_jaccard"] if any("ca_jaccard" in r for r in results.values()) else [])
     lwtgpf = [f"{m} | (ARI) | vs sup. | vs {'direct' if start == 'pretrained' else 'random'}" for m in variants]
     header = ["point", "colour cast", "background", "blur/noise", "other kinds", *before, *lwtgpf, "supervised",
               "supervised, plus inputs"]

@@ -99,14 +99,6 @@ def add_lwtgpf_config(cfg: CN) -> CN:
     _C.INPUT.CHANNEL_GAIN.ENABLED = False
     _C.INPUT.CHANNEL_GAIN.PROB = 0.5  # share of training images jittered
     _C.INPUT.CHANNEL_GAIN.MAX_LOG = 0.5  # each channel's gain is exp(u), u uniform in [-MAX_LOG, MAX_LOG]
-    _C.INPUT.CAMERA_AUG = CN()  # camera-like jitter in training (lwtgpf/data/camera_augment.py; not in the original)
-    _C.INPUT.CAMERA_AUG.ENABLED = False
-    _C.INPUT.CAMERA_AUG.PROB = 0.5  # share of training images each step changes, drawn per step
-    _C.INPUT.CAMERA_AUG.MAX_SCALE = 1.3  # zoom exp(u), u uniform in [-log MAX_SCALE, log MAX_SCALE] (1: no zoom)
-    _C.INPUT.CAMERA_AUG.MAX_SHIFT = 0.1  # shift up to this share of the width and height
-    _C.INPUT.CAMERA_AUG.MAX_DOWNSCALE = 3.0  # down- then upsample by a factor in [1, MAX_DOWNSCALE] (1: off)
-    _C.INPUT.CAMERA_AUG.MAX_LOG_GAMMA = 0.4  # channel gammas exp(u), u uniform in [-MAX_LOG_GAMMA, MAX_LOG_GAMMA] (0: off)
-    _C.INPUT.CAMERA_AUG.OCCLUDER_HEIGHT = 0.5  # bottom box up to this share of the height (0: off)
     _C.DATASETS.CUSTOM_DIR = ""  # folder in Market-1501 layout, read by the MarketLayout dataset
     _C.DATASETS.CUHK03_VARIANT = "labeled"  # labeled | detected (CUHK03NP)
     _C.DATASETS.SYNTHETIC = CN()

@@ -16,8 +16,6 @@ from fastreid.data.transforms import build_transforms
 from PIL import Image
 from torchvision import transforms as T
 
-from .camera_augment import camera_augmentations
-
 __all__ = ["ChannelGain", "GrayWorld", "build_test_transforms", "build_train_transforms"]
 
 
@@ -78,15 +76,12 @@ def _colour_steps(cfg: CfgNode, is_train: bool) -> list:
     steps = [GrayWorld()] if cfg.INPUT.GRAY_WORLD else []
     if is_train and cfg.INPUT.CHANNEL_GAIN.ENABLED:
         steps.append(ChannelGain(cfg.INPUT.CHANNEL_GAIN.MAX_LOG, cfg.INPUT.CHANNEL_GAIN.PROB))
-    if is_train:
-        steps += camera_augmentations(cfg)
     return steps
 
 
 def build_train_transforms(cfg: CfgNode) -> T.Compose:
-    """fast-reid's training transforms, preceded by ``GrayWorld`` (INPUT.GRAY_WORLD),
-    ``ChannelGain`` (INPUT.CHANNEL_GAIN.ENABLED) and the camera-like jitter of
-    ``camera_augment`` (INPUT.CAMERA_AUG.ENABLED) when they are on."""
+    """fast-reid's training transforms, preceded by ``GrayWorld`` (INPUT.GRAY_WORLD) and
+    ``ChannelGain`` (INPUT.CHANNEL_GAIN.ENABLED) when they are on."""
     return T.Compose(_colour_steps(cfg, True) + build_transforms(cfg, is_train=True).transforms)
 
 
