@@ -14,6 +14,7 @@ Methods (each run is `tools/train_net.py`, as in `make demo`):
   published        configs/LWTGPF/synthetic.yml: the published recipe at demo size;
   plus             configs/LWTGPF/synthetic_plus.yml: the same plus the camera-bias additions;
   ca_jaccard       configs/LWTGPF/synthetic.yml with the camera-aware Jaccard distance (CA_JACCARD_OPTS);
+  ca_plus          configs/LWTGPF/synthetic_plus.yml with the camera-aware Jaccard distance;
   supervised       configs/Supervised/synthetic.yml (identity labels, same start, backbone and budget);
   supervised_plus  the same with the additions' input steps (INPUT.GRAY_WORLD), which change its images.
 --start random runs every method from random init with the recipe the demo had before it had
@@ -61,9 +62,11 @@ GRID: Dict[str, Dict[str, float]] = {
     "kinds": dict.fromkeys(NEW_KINDS, 1.0),  # the five kinds together, the older three at the default
     "every": {"COLOUR_CAST": 6.0, "BACKGROUND_CONTRAST": 1.0, "BLUR_NOISE": 3.0, **dict.fromkeys(NEW_KINDS, 1.0)},
 }
-METHODS = ("random_init", "direct", "published", "plus", "ca_jaccard", "supervised", "supervised_plus")
+METHODS = ("random_init", "direct", "published", "plus", "ca_jaccard", "ca_plus", "supervised", "supervised_plus")
 CONFIGS = {"random_init": UNSUPERVISED, "direct": UNSUPERVISED, "published": UNSUPERVISED, "plus": PLUS,
-           "ca_jaccard": UNSUPERVISED, "supervised": SUPERVISED, "supervised_plus": SUPERVISED}
+           "ca_jaccard": UNSUPERVISED, "ca_plus": PLUS, "supervised": SUPERVISED, "supervised_plus": SUPERVISED}
+OPTIONAL_VARIANTS = ("ca_jaccard", "ca_plus")  # table columns only where they were run
+PLUS_INPUTS = ("plus", "ca_plus")  # compared with supervised_plus (the same images) where it was run
 # The demo's recipe before it had pretrained weights: random init, Adam, a final LayerNorm, no
 # drop path, 15 epochs x 60 iterations (docs/BENCHMARKS.md, "Learning under camera bias").
 RANDOM_INIT_RECIPE = RANDOM_INIT + [
@@ -91,7 +94,7 @@ def method_opts(method: str, start: str) -> List[str]:
         opts += RANDOM_INIT
     if method == "supervised_plus":
         opts += plus_input_opts()
-    if method == "ca_jaccard":
+    if method in ("ca_jaccard", "ca_plus"):
         opts += CA_JACCARD_OPTS
     return opts
 
@@ -145,14 +148,14 @@ def table(results: Dict[str, Dict[str, dict]], points: Sequence[str], start: str
         res = r.get(method)
         if not res:
             return "- | -"
-        sup = r.get("supervised_plus") if method == "plus" and "supervised_plus" in r else r.get("supervised")
+        sup = r.get("supervised_plus") if method in PLUS_INPUTS and "supervised_plus" in r else r.get("supervised")
         base = r.get(origin)
         vs_sup = f"{100 * res['mAP'] / sup['mAP']:.0f}%" if sup else "-"
         vs_base = f"{res['mAP'] / base['mAP']:.1f}x" if base else "-"
         return f"{vs_sup} | {vs_base}"
 
     before = ["random init", "direct transfer"] if start == "pretrained" else ["random init"]
-    variants = ["published", "plus"] + (["ca_jaccard"] if any("ca_jaccard" in r for r in results.values()) else [])
+    variants = ["published", "plus"] + [m for m in OPTIONAL_VARIANTS if any(m in r for r in results.values())]
     lwtgpf = [f"{m} | (ARI) | vs sup. | vs {'direct' if start == 'pretrained' else 'random'}" for m in variants]
     header = ["point", "colour cast", "background", "blur/noise", "other kinds", *before, *lwtgpf, "supervised",
               "supervised, plus inputs"]

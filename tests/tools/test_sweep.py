@@ -82,6 +82,8 @@ def test_each_method_runs_its_config(sweep, tmp_path, monkeypatch):
     assert ca.CLUSTER.EPS == 0.6
     assert with_keys(ca, CLUSTER__CAMERA_JACCARD__ENABLED="False", CLUSTER__EPS=str(published.CLUSTER.EPS),
                      OUTPUT_DIR=published.OUTPUT_DIR) == published  # the distance and its eps, nothing else
+    assert with_keys(cfg["ca_plus"], CLUSTER__CAMERA_JACCARD__ENABLED="False",
+                     CLUSTER__EPS=str(plus.CLUSTER.EPS)) == plus  # the same on top of the additions
 
 
 def test_random_start_is_the_earlier_demo_recipe(sweep):
@@ -157,10 +159,10 @@ def test_random_start_table_compares_with_random_init(sweep, tmp_path, monkeypat
         {"mAP": 30.0 if "Supervised" in str(config) else 15.0, "Rank-1": 1.0})[-1])
     monkeypatch.setattr(sweep, "untrained", lambda config, opts: {"mAP": 3.0, "Rank-1": 1.0})
     sweep.main(["--start", "random", "--points", "bg1,occl1", "--output-dir", str(tmp_path),
-                "--methods", "random_init,published,plus,supervised,ca_jaccard"])
+                "--methods", "random_init,published,plus,supervised,ca_jaccard,ca_plus"])
     assert not (tmp_path / "bg1" / "direct").exists()
     table = (tmp_path / "table.md").read_text()
-    lwtgpf = "15.0 | - | 50% | 5.0x | " * 3  # published, plus, ca_jaccard
+    lwtgpf = "15.0 | - | 50% | 5.0x | " * 4  # published, plus, ca_jaccard, ca_plus
     assert f"| occl1 | 1 | 0.15 | 1 | occl 1 | 3.0 | {lwtgpf}30.0 | - |" in table
     assert f"| bg1 | 1 | 1 | 1 | - | 3.0 | {lwtgpf}30.0 | - |" in table
 
